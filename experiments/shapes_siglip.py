@@ -1,0 +1,14 @@
+"""SigLIP (sigmoid loss) on the embedded shapes dataset: the default experiment.
+
+  python -m mmjax.train --config experiments/shapes_siglip.py --workdir runs/siglip
+"""
+
+from mmjax import configs
+
+
+def get_config():
+  config = configs.base()
+  config.loss.name = "sigmoid_contrastive"
+  config.model.temperature_init = 10.0   # SigLIP: t' = log 10, b = -10
+  config.model.bias_init = -10.0
+  return config

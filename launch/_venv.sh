@@ -1,0 +1,21 @@
+# Sourced by the launch scripts: creates .venv on first use and installs mmjax
+# (editable) with the given extras; later runs reuse it unless setup.py changed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MMJAX_VENV:-$ROOT/.venv}"
+EXTRAS="${1:-}"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "Creating virtual environment in $VENV" >&2
+  "$PYTHON" -m venv "$VENV"
+fi
+STAMP="$VENV/.mmjax-installed${EXTRAS:+-$EXTRAS}"
+if [ ! -f "$STAMP" ] || [ "$ROOT/setup.py" -nt "$STAMP" ]; then
+  echo "Installing mmjax${EXTRAS:+[$EXTRAS]} and its dependencies into $VENV (first run only)" >&2
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+  touch "$STAMP"
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+cd "$ROOT"

@@ -1,0 +1,241 @@
+"""Cross-modal retrieval metrics: recall@K and rank statistics, both directions.
+
+Queries are scored against the whole gallery in fixed-size chunks, so memory for
+scores is at most `chunk_size x gallery` floats at a time, never N x M. Ranks are
+found by counting, not sorting, so each chunk costs one matmul and two
+reductions.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["retrieval_ranks", "retrieval_metrics", "format_table"]
+
+_DIRECTIONS = ("image_to_text", "text_to_image")
+
+
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def _rank_chunk(queries, query_labels, gallery, gallery_labels, start, *, chunk):
+  """Pessimistic rank of the best-matching gallery item for one chunk of queries.
+
+  Args:
+    queries: [Q_pad, D] float32, Q_pad a multiple of `chunk`.
+    query_labels: [Q_pad] int32; -1 marks padding (matches nothing).
+    gallery: [G, D] float32.
+    gallery_labels: [G] int32; gallery item g matches query q iff labels agree.
+    start: scalar int32, first query of the chunk. Traced, so every chunk reuses
+      one compiled program.
+    chunk: static chunk size C.
+
+  Returns:
+    [C] int32 ranks, 1-based. Padding rows get garbage and must be dropped.
+  """
+  q = jax.lax.dynamic_slice_in_dim(queries, start, chunk)
+  q_labels = jax.lax.dynamic_slice_in_dim(query_labels, start, chunk)
+  scores = jnp.dot(
+      q, gallery.T, precision=jax.lax.Precision.HIGHEST,
+      preferred_element_type=jnp.float32)  # [C, G]: the only large buffer.
+  match = q_labels[:, None] == gallery_labels[None, :]
+  # Matching scores come out of the same matmul as the rest, so an exact tie
+  # between a match and a non-match in float32 is seen as one.
+  best = jnp.max(jnp.where(match, scores, -jnp.inf), axis=1)
+  beaten_or_tied = jnp.logical_and(~match, scores >= best[:, None])
+  return 1 + jnp.sum(beaten_or_tied, axis=1, dtype=jnp.int32)
+
+
+def _chunked_ranks(queries, query_labels, gallery, gallery_labels, chunk_size):
+  n = queries.shape[0]
+  chunk = min(chunk_size, n)  # No point padding a small query set up to chunk_size.
+  n_pad = -n % chunk
+  queries = jnp.pad(queries, ((0, n_pad), (0, 0)))
+  query_labels = jnp.pad(query_labels, (0, n_pad), constant_values=-1)
+  parts = [
+      _rank_chunk(queries, query_labels, gallery, gallery_labels,
+                  np.int32(start), chunk=chunk)
+      for start in range(0, n + n_pad, chunk)
+  ]
+  return np.concatenate(jax.device_get(parts))[:n].astype(np.int64)
+
+
+def _as_float32(x: Any, name: str) -> jax.Array:
+  if not hasattr(x, "dtype"):
+    x = np.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(
+        f"{name} must be a float array, got dtype {x.dtype}; cast it to float32.")
+  if x.ndim != 2:
+    raise ValueError(f"{name} must be 2-D [num, D], got shape {tuple(x.shape)}.")
+  return jnp.asarray(x, dtype=jnp.float32)
+
+
+def _validate_text_to_image(text_to_image: Any, num_images: int,
+                            num_texts: int) -> np.ndarray:
+  t2i = np.asarray(text_to_image)
+  if t2i.ndim != 1 or t2i.shape[0] != num_texts:
+    raise ValueError(
+        f"text_to_image must be 1-D of length M={num_texts} (one image index per "
+        f"caption), got shape {t2i.shape}.")
+  if not (np.issubdtype(t2i.dtype, np.integer) and t2i.dtype != np.bool_):
+    raise ValueError(
+        f"text_to_image must hold integer image indices, got dtype {t2i.dtype}.")
+  bad = (t2i < 0) | (t2i >= num_images)
+  if bad.any():
+    j = int(np.argmax(bad))
+    raise ValueError(
+        f"text_to_image[{j}] = {int(t2i[j])} is out of range: image indices must "
+        f"be in [0, N) with N={num_images} images ({int(bad.sum())} bad entries).")
+  uncaptioned = np.flatnonzero(np.bincount(t2i, minlength=num_images) == 0)
+  if uncaptioned.size:
+    shown = ", ".join(str(i) for i in uncaptioned[:10])
+    more = f", ... ({uncaptioned.size} in all)" if uncaptioned.size > 10 else ""
+    raise ValueError(
+        f"image(s) {shown}{more} have no caption in text_to_image, so "
+        "image-to-text retrieval is undefined for them; drop those images from "
+        "image_emb (and re-index text_to_image) or add their captions.")
+  return t2i.astype(np.int32)
+
+
+def retrieval_ranks(image_emb, text_emb, text_to_image, *,
+                    chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """1-based retrieval ranks in both directions.
+
+  Similarity is the dot product, computed in float32 (pass L2-normalised
+  embeddings for cosine similarity). Queries are scored in chunks of
+  `chunk_size`: at most `chunk_size x gallery` scores are in memory at a time,
+  never the full N x M matrix. The last chunk is padded so that one compiled
+  program serves every chunk of a given shape.
+
+  Ties are resolved pessimistically: rank = 1 + the number of non-matching
+  gallery items whose score is >= the best matching score. A model that scores
+  everything equally therefore gets the worst rank, never a lucky one. Ranks are
+  exact (found by counting, not by sorting).
+
+  Args:
+    image_emb: [N, D] float, numpy or jax.
+    text_emb: [M, D] float, numpy or jax.
+    text_to_image: [M] int in [0, N), the image of each caption. An image may
+      have several captions; every image must have at least one.
+    chunk_size: queries scored per step.
+
+  Returns:
+    i2t_ranks: [N] int. For each image, the rank among all M captions of its
+      best-ranked caption.
+    t2i_ranks: [M] int. For each caption, the rank of its image among all N.
+
+  Raises:
+    ValueError: on empty inputs, mismatched D, a malformed or out-of-range
+      text_to_image, an image without captions, or NaN/Inf in an embedding.
+  """
+  if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
+      or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+  img = _as_float32(image_emb, "image_emb")
+  txt = _as_float32(text_emb, "text_emb")
+  n, m = img.shape[0], txt.shape[0]
+  if n == 0 or m == 0:
+    raise ValueError(
+        f"retrieval needs at least one image and one caption, got N={n} images "
+        f"and M={m} captions.")
+  if img.shape[1] != txt.shape[1]:
+    raise ValueError(
+        f"embedding sizes differ: image_emb has D={img.shape[1]}, text_emb has "
+        f"D={txt.shape[1]}; both towers must project to the same dimension.")
+  t2i = _validate_text_to_image(text_to_image, n, m)
+  for name, x in (("image_emb", img), ("text_emb", txt)):
+    if not bool(jnp.isfinite(x).all()):
+      raise ValueError(
+          f"{name} contains NaN or Inf (after casting to float32); check the "
+          "model for divergence or the normalisation for zero vectors.")
+
+  image_ids = jnp.arange(n, dtype=jnp.int32)
+  t2i = jnp.asarray(t2i)
+  i2t_ranks = _chunked_ranks(img, image_ids, txt, t2i, int(chunk_size))
+  t2i_ranks = _chunked_ranks(txt, t2i, img, image_ids, int(chunk_size))
+  return i2t_ranks, t2i_ranks
+
+
+def retrieval_metrics(image_emb, text_emb, text_to_image, *,
+                      ks: Sequence[int] = (1, 5, 10),
+                      chunk_size: int = 1024) -> dict[str, float]:
+  """Recall@K and mean/median rank for image->text and text->image retrieval.
+
+  Image-to-text counts a hit at K when any caption of the image is in the top K;
+  text-to-image when the caption's image is. Ties are pessimistic (see
+  `retrieval_ranks`): rank = 1 + number of non-matching gallery items scoring
+  >= the best match. Scored in chunks of `chunk_size` queries, never N x M
+  scores in memory at once.
+
+  Args:
+    image_emb: [N, D] float (L2-normalised; similarity is the dot product).
+    text_emb: [M, D] float.
+    text_to_image: [M] int in [0, N); several captions may share an image.
+    ks: the K of each recall@K. Each must be <= the gallery size of both
+      directions (M captions, N images).
+    chunk_size: queries scored per step.
+
+  Returns:
+    {"image_to_text_R@K", "text_to_image_R@K" for K in ks (fractions in [0, 1]),
+     "image_to_text_mean_rank", "image_to_text_median_rank",
+     "text_to_image_mean_rank", "text_to_image_median_rank" (1-based)}, all
+    Python floats.
+
+  Raises:
+    ValueError: see `retrieval_ranks`; also for a K < 1 or larger than a
+      gallery.
+  """
+  ks = tuple(ks)
+  for k in ks:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+      raise ValueError(f"each K in ks must be a positive int, got {k!r}.")
+  # Shape checks are cheap; do them before any device work so a bad K fails fast.
+  n, m = (np.shape(x)[0] if np.ndim(x) else 0 for x in (image_emb, text_emb))
+  for k in ks:
+    for direction, gallery, size in (("image_to_text", "captions", m),
+                                     ("text_to_image", "images", n)):
+      if size > 0 and k > size:
+        raise ValueError(
+            f"K={k} in ks is larger than the {direction} gallery ({size} "
+            f"{gallery}): R@{k} would be 1 by construction; drop K={k} from ks "
+            "or evaluate on a larger set.")
+
+  ranks = retrieval_ranks(image_emb, text_emb, text_to_image,
+                          chunk_size=chunk_size)
+  metrics = {}
+  for direction, r in zip(_DIRECTIONS, ranks):
+    for k in ks:
+      metrics[f"{direction}_R@{k}"] = float(np.mean(r <= k))
+    metrics[f"{direction}_mean_rank"] = float(np.mean(r))
+    metrics[f"{direction}_median_rank"] = float(np.median(r))
+  return metrics
+
+
+def format_table(metrics: dict[str, float]) -> str:
+  """Renders `retrieval_metrics` output as an aligned text table for printing.
+
+  One row per direction; columns R@K for each K present (ascending), then
+  mean_rank and median_rank. Extra keys (e.g. `step`) are ignored.
+  """
+  prefix = "image_to_text_R@"
+  ks = sorted(int(key[len(prefix):]) for key in metrics if key.startswith(prefix))
+  header = ["", *(f"R@{k}" for k in ks), "mean_rank", "median_rank"]
+  rows = [header]
+  for direction, label in zip(_DIRECTIONS, ("image->text", "text->image")):
+    rows.append([
+        label,
+        *(f"{metrics[f'{direction}_R@{k}']:.4f}" for k in ks),
+        f"{metrics[f'{direction}_mean_rank']:.2f}",
+        f"{metrics[f'{direction}_median_rank']:.1f}",
+    ])
+  widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+  lines = [
+      "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
+                for c, (cell, w) in enumerate(zip(row, widths)))
+      for row in rows
+  ]
+  return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""Transformer building blocks shared by the image and text towers.
+
+Every parameter is created through `nn.with_logical_partitioning`, so it carries
+logical axis names (`embed`, `mlp`, `heads`, `kv`, ...). One table of rules in
+`mmjax.parallel.partitioning` maps those names onto mesh axes; the modules here
+never mention a mesh.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# Initialisers follow the ViT / CLIP convention: truncated-normal-ish small weights,
+# zero biases, unit LayerNorm scales.
+DEFAULT_KERNEL_INIT = nn.initializers.xavier_uniform()
+EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def logical(init: Callable, *names: str | None) -> Callable:
+  """Wraps an initializer so the parameter carries logical axis `names`."""
+  return nn.with_logical_partitioning(init, names)
+
+
+def constrain(x: jax.Array, *names: str | None) -> jax.Array:
+  """Pins an activation's layout by logical names (a no-op without rules/mesh)."""
+  return nn.with_logical_constraint(x, names)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with logically named scale and bias; statistics in float32."""
+
+  dtype: Dtype = jnp.float32
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.LayerNorm(
+        epsilon=self.epsilon,
+        dtype=self.dtype,
+        scale_init=logical(nn.initializers.ones, "embed"),
+        bias_init=logical(nn.initializers.zeros, "embed"),
+    )(x)
+
+
+class MlpBlock(nn.Module):
+  """Transformer MLP: Dense(mlp_dim) -> GELU -> Dense(width).
+
+  x: [B, T, width] -> [B, T, width]
+  """
+
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    h = nn.Dense(
+        self.mlp_dim,
+        dtype=self.dtype,
+        kernel_init=logical(DEFAULT_KERNEL_INIT, "embed", "mlp"),
+        bias_init=logical(nn.initializers.zeros, "mlp"),
+        name="fc1",
+    )(x)
+    h = constrain(h, "batch", "length", "mlp")
+    # tanh-approximate GELU: one fused elementwise op on every backend.
+    h = nn.gelu(h, approximate=True)
+    return nn.Dense(
+        width,
+        dtype=self.dtype,
+        kernel_init=logical(DEFAULT_KERNEL_INIT, "mlp", "embed"),
+        bias_init=logical(nn.initializers.zeros, "embed"),
+        name="fc2",
+    )(h)
+
+
+def attend(q, k, v, mask=None, dtype=jnp.float32):
+  """Scaled dot-product attention with the softmax in float32.
+
+  q: [B, Q, H, Dh], k and v: [B, K, H, Dh], mask: optional bool broadcastable to
+  [B, H, Q, K] (True = attend). Returns [B, Q, H, Dh].
+  """
+  q = q * (q.shape[-1] ** -0.5)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+  if mask is not None:
+    # A large negative (not -inf) keeps fully masked rows finite.
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with one fused QKV projection.
+
+  A fused [width, 3, heads, head_dim] projection is a single large matmul, which
+  is what keeps small models near matmul throughput on CPUs and GPUs.
+
+  x: [B, T, width]; mask: optional bool [B, 1 | heads, T, T] (True = attend).
+  Returns [B, T, width].
+  """
+
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(
+          f"width {width} is not divisible by num_heads {self.num_heads}; "
+          "choose num_heads that divides the tower width.")
+    head_dim = width // self.num_heads
+    qkv = nn.DenseGeneral(
+        features=(3, self.num_heads, head_dim),
+        dtype=self.dtype,
+        kernel_init=logical(DEFAULT_KERNEL_INIT, "embed", None, "heads", "kv"),
+        bias_init=logical(nn.initializers.zeros, None, "heads", "kv"),
+        name="qkv",
+    )(x)
+    # [B, T, H, Dh] each.
+    out = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask, self.dtype)
+    return nn.DenseGeneral(
+        features=width,
+        axis=(-2, -1),
+        dtype=self.dtype,
+        kernel_init=logical(DEFAULT_KERNEL_INIT, "heads", "kv", "embed"),
+        bias_init=logical(nn.initializers.zeros, "embed"),
+        name="out",
+    )(out)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
+
+  x: [B, T, width] -> [B, T, width]
+  """
+
+  num_heads: int
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    x = constrain(x, "batch", "length", "embed")
+    y = LayerNorm(dtype=self.dtype, name="ln1")(x)
+    x = x + SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(y, mask)
+    y = LayerNorm(dtype=self.dtype, name="ln2")(x)
+    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+    return x
+
+
+class Encoder(nn.Module):
+  """A stack of `depth` EncoderBlocks and a final LayerNorm.
+
+  `remat=True` recomputes each block's activations in the backward pass instead of
+  storing them: less memory for a second forward pass per block.
+
+  x: [B, T, width] -> [B, T, width]
+  """
+
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    block = nn.remat(EncoderBlock) if self.remat else EncoderBlock
+    for i in range(self.depth):
+      x = block(self.num_heads, self.mlp_dim, dtype=self.dtype, name=f"block{i}")(x, mask)
+    return LayerNorm(dtype=self.dtype, name="ln_final")(x)
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling: one learned query attends over all tokens.
+
+  x: [B, T, width] -> [B, width]
+  """
+
+  num_heads: int
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, _, width = x.shape
+    probe = self.param("probe", logical(EMBED_INIT, None, None, "embed"), (1, 1, width))
+    probe = jnp.broadcast_to(probe, (b, 1, width)).astype(self.dtype)
+    head_dim = width // self.num_heads
+    q = nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name="q",
+                        kernel_init=logical(DEFAULT_KERNEL_INIT, "embed", "heads", "kv"),
+                        bias_init=logical(nn.initializers.zeros, "heads", "kv"))(probe)
+    kv = nn.DenseGeneral((2, self.num_heads, head_dim), dtype=self.dtype, name="kv",
+                         kernel_init=logical(DEFAULT_KERNEL_INIT, "embed", None, "heads", "kv"),
+                         bias_init=logical(nn.initializers.zeros, None, "heads", "kv"))(x)
+    y = attend(q, kv[:, :, 0], kv[:, :, 1], dtype=self.dtype)
+    y = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out",
+                        kernel_init=logical(DEFAULT_KERNEL_INIT, "heads", "kv", "embed"),
+                        bias_init=logical(nn.initializers.zeros, "embed"))(y)
+    y = y + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(
+        LayerNorm(dtype=self.dtype, name="ln")(y))
+    return y[:, 0]

@@ -1,0 +1,72 @@
+"""Transformer text tower, padding-aware, causal (CLIP) or bidirectional (SigLIP/BERT)."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmjax.models import layers
+from mmjax.models.layers import logical
+
+POOLS = ("eos", "first", "mean")
+
+
+class TextTransformer(nn.Module):
+  """Embeds token ids and returns one feature vector per sequence.
+
+  Padding is where `tokens == pad_id`; padded keys are never attended to, and
+  padded positions never enter the pooled vector, so a caption's feature does not
+  depend on how much padding follows it.
+
+  Attributes:
+    vocab_size, context_length: the tokenizer's vocabulary and the sequence length.
+    width, depth, num_heads, mlp_dim: transformer size (mlp_dim defaults to 4x width).
+    causal: each token attends only to itself and earlier tokens (CLIP); then
+      "eos" pooling sees the whole caption.
+    pool: "eos" (the last non-padding token, where the tokenizer puts EOS),
+      "first" (the first token) or "mean" (mean over non-padding tokens).
+    pad_id: the id that marks padding.
+
+  tokens: [B, L] int -> [B, width] float
+  """
+
+  vocab_size: int
+  context_length: int = 32
+  width: int = 512
+  depth: int = 12
+  num_heads: int = 8
+  mlp_dim: int | None = None
+  causal: bool = True
+  pool: str = "eos"
+  pad_id: int = 0
+  dtype: str = "float32"
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, tokens):
+    if self.pool not in POOLS:
+      raise ValueError(f"text pool={self.pool!r}; choose one of {POOLS}.")
+    b, length = tokens.shape
+    if length > self.context_length:
+      raise ValueError(f"tokens have length {length} > context_length "
+                       f"{self.context_length}; raise model.text.context_length.")
+    valid = tokens != self.pad_id  # [B, L]
+    embed = self.param("token_embedding", logical(layers.EMBED_INIT, "vocab", "embed"),
+                       (self.vocab_size, self.width))
+    x = jnp.take(embed, tokens, axis=0).astype(self.dtype)
+    pos = self.param("pos_embedding", logical(layers.EMBED_INIT, None, "embed"),
+                     (self.context_length, self.width))
+    x = x + pos[None, :length].astype(self.dtype)
+
+    mask = valid[:, None, None, :]  # keys: [B, 1, 1, L]
+    if self.causal:
+      mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
+    mlp_dim = self.mlp_dim or 4 * self.width
+    x = layers.Encoder(self.depth, self.num_heads, mlp_dim, dtype=self.dtype,
+                       remat=self.remat, name="encoder")(x, mask)
+
+    if self.pool == "first":
+      return x[:, 0]
+    if self.pool == "mean":
+      w = valid.astype(x.dtype)[..., None]
+      return (x * w).sum(1) / jnp.maximum(w.sum(1), 1)
+    last = jnp.maximum(valid.sum(axis=1) - 1, 0)  # index of the last real token
+    return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]

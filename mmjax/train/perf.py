@@ -1,0 +1,38 @@
+"""Throughput accounting: model FLOPs per step against the machine's matmul rate."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs of one call of a compiled function, from XLA's cost analysis."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # some backends do not implement it
+    return None
+  if isinstance(cost, (list, tuple)):  # older jax returned one dict per device
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    return None
+  return float(cost["flops"])
+
+
+def matmul_flops_per_sec(n: int = 2048, seconds: float = 1.0, dtype=jnp.float32) -> float:
+  """Measured float32 matmul throughput of device 0: the ceiling for `flops_fraction`.
+
+  Times back-to-back n x n @ n x n products after a warm-up, for about `seconds`.
+  """
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, a).block_until_ready()
+  reps, start = 0, time.perf_counter()
+  while True:
+    out = f(a, a)
+    reps += 1
+    if reps % 4 == 0:
+      out.block_until_ready()
+      elapsed = time.perf_counter() - start
+      if elapsed >= seconds:
+        return 2 * n ** 3 * reps / elapsed

@@ -1,0 +1,69 @@
+"""Train state and optimizer: everything a step reads and writes, as one pytree."""
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step: [] int32; params and opt_state: pytrees of arrays."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def schedule(optim_cfg, total_steps: int) -> optax.Schedule:
+  """Linear warmup to optim.lr, then cosine decay to lr * optim.min_lr_ratio."""
+  warmup = min(optim_cfg.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=optim_cfg.lr,
+      warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=optim_cfg.lr * optim_cfg.min_lr_ratio,
+  )
+
+
+def decay_mask(params) -> Any:
+  """True for weight matrices and embeddings (ndim >= 2).
+
+  Norm scales, biases (ndim 1) and the temperature and logit bias (scalars) are not
+  decayed: shrinking them towards zero changes what the model computes rather than
+  regularising it.
+  """
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with warmup + cosine schedule, global-norm clipping and a decay mask."""
+  o = config.optim
+  lr = schedule(o, config.total_steps)
+  tx = optax.chain(
+      optax.clip_by_global_norm(o.clip_norm) if o.clip_norm else optax.identity(),
+      optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask),
+  )
+  return tx, lr
+
+
+def init_params(model: nn.Module, rng: jax.Array, images, tokens):
+  """Initialises the model's params (plain arrays, logical-axis boxes removed).
+
+  images: [B, H, W, C], tokens: [B, L] (only their shapes and dtypes matter).
+  """
+  return nn.meta.unbox(model.init(rng, images, tokens))["params"]
+
+
+def logical_specs(model: nn.Module, images, tokens):
+  """The logical axis names of every param, as a pytree of PartitionSpecs."""
+  variables = jax.eval_shape(model.init, jax.random.key(0), images, tokens)
+  return nn.get_partition_spec(variables)["params"]
+
+
+def create(params, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))

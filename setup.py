@@ -1,0 +1,31 @@
+"""mmjax: contrastive image-text alignment in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="mmjax",
+    version="0.1.0",
+    description="Contrastive image-text alignment (CLIP, SigLIP, KL, MSE) in JAX/Flax, "
+    "sharded from one CPU to a TPU pod.",
+    packages=setuptools.find_packages(include=["mmjax", "mmjax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7.0",
+        "flax>=0.11.0",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11.20",
+        "tensorflow-datasets>=4.9.9",
+        "grain>=0.2.12",
+        "sentencepiece>=0.2.0",
+        "ml_collections>=1.1.0",
+        "numpy>=1.26",
+        "absl-py>=2.1",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "pillow>=10.0",
+        "tensorboardX>=2.6.2",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0"],
+    },
+)
