@@ -4,6 +4,7 @@ import contextlib
 import sys
 
 from absl import app, logging
+from ml_collections import config_flags
 
 
 def setup(argv) -> None:
@@ -27,3 +28,21 @@ def clean_errors():
   except (ValueError, OSError, NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+def define_config(default: str, help_string: str):
+  """DEFINE_config_file, with a mistyped --config.KEY reported in one line.
+
+  ml_collections applies --config.KEY overrides while the flag is defined, so a
+  key that does not exist surfaces here as a KeyError/AttributeError traceback.
+  """
+  try:
+    return config_flags.DEFINE_config_file("config", default, help_string)
+  except (AttributeError, KeyError) as e:
+    keys = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.")]
+    raw = str(e.args[0] if e.args else e).replace("\\n", " ")
+    hint = " ".join(raw.replace("\\", "").replace("'", "").split())
+    print(f"error: unknown config key among {keys}: {hint}. Every key an experiment "
+          "accepts is listed in mmjax/configs.py (base()).", file=sys.stderr, flush=True)
+    sys.exit(1)
+

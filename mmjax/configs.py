@@ -24,10 +24,10 @@ def base() -> ml_collections.ConfigDict:
   """Defaults shared by all experiments; each experiment overrides what it needs."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.batch_size = 256          # global, over all devices and processes
+  c.batch_size = 128          # global, over all devices and processes
   c.total_steps = 1000
   c.log_every = 50
-  c.eval_every = 500          # 0 = only at the end
+  c.eval_every = 200          # 0 = only at the end
   c.checkpoint_every = 500    # 0 = only at the end
   c.dtype = "float32"         # compute dtype; parameters stay float32
 
@@ -46,15 +46,15 @@ def base() -> ml_collections.ConfigDict:
   c.data.name = "shapes"
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # shapes needs none
   c.data.image_size = 32
-  c.data.context_length = 24
+  c.data.context_length = 16  # shapes captions are <= 16 tokens with EOS
   c.data.vocab_size = 256
   c.data.prefetch = 2         # batches prepared ahead by a host thread
 
   c.model = ml_collections.ConfigDict()
   c.model.image = ml_collections.ConfigDict(dict(
-      kind="vit", patch_size=4, width=128, depth=4, num_heads=4, pool="gap"))
+      kind="vit", patch_size=8, width=256, depth=4, num_heads=4, pool="gap", stem="conv"))
   c.model.text = ml_collections.ConfigDict(dict(
-      width=128, depth=4, num_heads=4, causal=True, pool="eos"))
+      width=256, depth=2, num_heads=4, causal=True, pool="eos"))
   c.model.embed_dim = 128
   c.model.temperature_init = 10.0
   c.model.max_temperature = 100.0

@@ -7,12 +7,11 @@ table and writes DIR/eval.json (the metrics plus the checkpoint's step).
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from mmjax import cli, configs
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.DEFAULT_EXPERIMENT, "The experiment config the run was trained with.")
+_CONFIG = cli.define_config(
+    configs.DEFAULT_EXPERIMENT, "The experiment config the run was trained with.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "The run's directory.")
 
 

@@ -30,20 +30,13 @@ def constrain(x: jax.Array, *names: str | None) -> jax.Array:
   return nn.with_logical_constraint(x, names)
 
 
-class LayerNorm(nn.Module):
-  """LayerNorm with logically named scale and bias; statistics in float32."""
-
-  dtype: Dtype = jnp.float32
-  epsilon: float = 1e-6
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.LayerNorm(
-        epsilon=self.epsilon,
-        dtype=self.dtype,
-        scale_init=logical(nn.initializers.ones, "embed"),
-        bias_init=logical(nn.initializers.zeros, "embed"),
-    )(x)
+def LayerNorm(dtype: Dtype = jnp.float32, name: str | None = None,  # noqa: N802
+              epsilon: float = 1e-6) -> nn.LayerNorm:
+  """nn.LayerNorm with logically named scale and bias (statistics in float32)."""
+  return nn.LayerNorm(
+      epsilon=epsilon, dtype=dtype, name=name,
+      scale_init=logical(nn.initializers.ones, "embed"),
+      bias_init=logical(nn.initializers.zeros, "embed"))
 
 
 class MlpBlock(nn.Module):

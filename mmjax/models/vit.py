@@ -7,6 +7,36 @@ from mmjax.models import layers
 from mmjax.models.layers import logical
 
 POOLS = ("gap", "cls", "map")
+STEMS = ("patch", "conv")
+
+
+class ConvStem(nn.Module):
+  """log2(patch_size) stride-2 3x3 convolutions with ReLU: a patchifier that sees
+  across patch borders. Xiao et al. (2021), "Early Convolutions Help Transformers
+  See Better", show it makes ViTs train faster and less sensitively to the
+  learning rate, for a few percent more FLOPs.
+
+  images: [B, H, W, C] -> [B, H / patch_size, W / patch_size, channels[-1]]
+  """
+
+  patch_size: int
+  width: int
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x):
+    n = self.patch_size.bit_length() - 1
+    if 2 ** n != self.patch_size:
+      raise ValueError(f"stem='conv' needs a power-of-two patch_size, got "
+                       f"{self.patch_size}; use stem='patch' or patch_size in (2, 4, 8, 16).")
+    for i in range(n):
+      channels = max(self.width // 2 ** (n - i), 16)
+      x = nn.Conv(channels, (3, 3), strides=(2, 2), dtype=self.dtype, name=f"conv{i}",
+                  kernel_init=logical(nn.initializers.he_normal(), None, None,
+                                      "conv_in", "conv_out"),
+                  bias_init=logical(nn.initializers.zeros, "conv_out"))(x)
+      x = nn.relu(x)
+    return x
 
 
 class ViT(nn.Module):
@@ -20,6 +50,7 @@ class ViT(nn.Module):
     width, depth, num_heads, mlp_dim: transformer size (mlp_dim defaults to 4x width).
     pool: "gap" (mean of patch tokens), "cls" (a learned class token) or "map"
       (multihead attention pooling, as in SigLIP).
+    stem: "patch" (non-overlapping patches, one linear map) or "conv" (ConvStem).
     dtype: compute dtype; parameters stay float32.
     remat: recompute block activations in the backward pass.
 
@@ -32,6 +63,7 @@ class ViT(nn.Module):
   num_heads: int = 12
   mlp_dim: int | None = None
   pool: str = "gap"
+  stem: str = "patch"
   dtype: str = "float32"
   remat: bool = False
 
@@ -39,13 +71,19 @@ class ViT(nn.Module):
   def __call__(self, images):
     if self.pool not in POOLS:
       raise ValueError(f"ViT pool={self.pool!r}; choose one of {POOLS}.")
+    if self.stem not in STEMS:
+      raise ValueError(f"ViT stem={self.stem!r}; choose one of {STEMS}.")
     b, h, w, c = images.shape
     p = self.patch_size
     if h % p or w % p:
       raise ValueError(f"image size {h}x{w} is not divisible by patch_size {p}; "
                        "change model.image.patch_size or data.image_size.")
-    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    x = x.reshape(b, (h // p) * (w // p), p * p * c).astype(self.dtype)
+    if self.stem == "conv":
+      x = ConvStem(p, self.width, dtype=self.dtype, name="stem")(images.astype(self.dtype))
+      x = x.reshape(b, (h // p) * (w // p), x.shape[-1])
+    else:
+      x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+      x = x.reshape(b, (h // p) * (w // p), p * p * c).astype(self.dtype)
     x = nn.Dense(self.width, dtype=self.dtype, name="embedding",
                  kernel_init=logical(layers.DEFAULT_KERNEL_INIT, None, "embed"),
                  bias_init=logical(nn.initializers.zeros, "embed"))(x)

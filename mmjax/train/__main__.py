@@ -6,12 +6,11 @@ With no --config it runs the default experiment (shapes_siglip) into runs/defaul
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from mmjax import cli, configs
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.DEFAULT_EXPERIMENT,
+_CONFIG = cli.define_config(
+    configs.DEFAULT_EXPERIMENT,
     "Experiment config file (a get_config() in experiments/).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default",
                                "Directory for checkpoints, metrics and plots.")

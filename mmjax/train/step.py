@@ -30,7 +30,7 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "train/loss": loss,
-        "train/grad_norm": optax.global_norm(grads),
+        "train/grad_norm": optax.tree.norm(grads),
         "train/lr": lr_schedule(state.step),
         "train/scale": outputs["scale"],
         "train/bias": outputs["bias"],

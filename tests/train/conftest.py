@@ -1,0 +1,35 @@
+"""A tiny shapes config, so the end-to-end tests compile in seconds."""
+
+import pytest
+
+from mmjax import configs
+
+
+def tiny_config(**overrides):
+  c = configs.base()
+  c.batch_size = 8
+  c.total_steps = 6
+  c.log_every = 2
+  c.eval_every = 3
+  c.checkpoint_every = 3
+  c.data.image_size = 16
+  c.data.context_length = 24
+  c.data.prefetch = 1
+  c.model.image = dict(kind="vit", patch_size=8, width=16, depth=1, num_heads=2, pool="gap")
+  c.model.text = dict(width=16, depth=1, num_heads=2, causal=True, pool="eos")
+  c.model.embed_dim = 8
+  c.optim.warmup_steps = 2
+  c.eval.num_images = 20
+  c.eval.batch_size = 20
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture
+def make_config():
+  return tiny_config

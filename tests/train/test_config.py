@@ -1,0 +1,63 @@
+"""Bad configs fail before compilation with a message naming the key and the fix."""
+
+import pytest
+
+from mmjax import configs
+from mmjax.train import build
+
+from tests.train.conftest import tiny_config
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("batch_size", 0, r"config.batch_size=0 must be a positive integer"),
+    ("batch_size", -8, r"--config.batch_size=N"),
+    ("log_every", 0, r"config.log_every=0"),
+    ("model.temperature_init", 0.0, r"config.model.temperature_init=0.0 must be a positive"),
+    ("model.temperature_init", -1.0, r"multiplier, not a log"),
+    ("model.temperature_init", 500.0, r"exceeds config.model.max_temperature"),
+    ("optim.lr", float("nan"), r"config.optim.lr"),
+    ("eval.batch_size", 2000, r"larger than the test split \(1000 images\)"),
+    ("eval.num_images", 5000, r"at most 1000"),
+    ("dtype", "float16", r"config.dtype='float16'"),
+    ("eval_every", -1, r"config.eval_every"),
+])
+def test_bad_values_name_the_key(key, value, match):
+  with pytest.raises(configs.ConfigError, match=match):
+    build.check(tiny_config(**{key: value}))
+
+
+def test_unknown_loss_lists_the_known_ones():
+  with pytest.raises(ValueError, match=r"sigmoid_contrastive") as info:
+    build.check(tiny_config(**{"loss.name": "sigmoid_contrastiv"}))
+  assert "register" in str(info.value)
+
+
+def test_loss_needing_a_teacher_fails_before_compiling():
+  with pytest.raises(ValueError, match="teacher_logits"):
+    build.check(tiny_config(**{"loss.name": "kl_alignment"}))
+
+
+def test_missing_key_is_named():
+  config = tiny_config()
+  with config.unlocked():
+    del config.mesh["fsdp"]
+  with pytest.raises(configs.ConfigError, match=r"config has no key 'mesh.fsdp'"):
+    build.check(config)
+
+
+def test_unknown_dataset_is_named():
+  with pytest.raises(ValueError, match=r"config.data.name='coco'"):
+    build.check(tiny_config(**{"data.name": "coco"}))
+
+
+def test_experiment_files_are_valid():
+  import importlib.util
+  import pathlib
+  root = pathlib.Path(__file__).resolve().parents[2] / "experiments"
+  found = sorted(root.glob("shapes_*.py"))
+  assert len(found) >= 3
+  for path in found:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    build.check(module.get_config())

@@ -1,0 +1,135 @@
+"""End to end on a tiny model: files in the workdir, resume, NaN stop, the CLIs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mmjax.eval import retrieval
+from mmjax.train import loop
+from mmjax.train import step as step_lib
+
+from tests.train.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """Six steps with eval and checkpoints at 3 and 6."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  result = loop.train_and_evaluate(tiny_config(), workdir)
+  return workdir, result
+
+
+def test_workdir_holds_every_promised_file(trained):
+  workdir, result = trained
+  for name in ("metrics.jsonl", "eval.json", "config.json", "curves.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+  assert any(f.startswith("events.out.tfevents")
+             for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["batch_size"] == 8
+
+
+def test_metrics_rows_have_the_contract_keys(trained):
+  workdir, _ = trained
+  train_rows = [r for r in _rows(workdir) if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == [2, 4, 6]
+  for r in train_rows:
+    assert r["perf/examples_per_sec"] > 0
+    assert 0 < r["perf/flops_fraction"] < 1.5  # a fraction of the measured matmul rate
+  eval_rows = [r for r in _rows(workdir) if "eval/text_to_image_R@1" in r]
+  assert [r["step"] for r in eval_rows] == [3, 6]
+
+
+def test_eval_json_is_the_last_evaluation(trained):
+  workdir, result = trained
+  with open(os.path.join(workdir, "eval.json")) as f:
+    saved = json.load(f)
+  assert saved["step"] == 6 == result["step"]
+  expected = {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
+  expected |= {f"{d}_{s}_rank" for d in ("image_to_text", "text_to_image")
+               for s in ("mean", "median")}
+  assert expected <= set(saved)
+  for key in expected:
+    assert saved[key] == pytest.approx(result[key])
+
+
+def test_resume_continues_the_same_curve(trained, tmp_path):
+  """Resuming from the step-3 checkpoint reproduces steps 4-6 of the uninterrupted run."""
+  workdir, result = trained
+  resumed = str(tmp_path / "resumed")
+  os.makedirs(os.path.join(resumed, "checkpoints"))
+  subprocess.run(["cp", "-r", os.path.join(workdir, "checkpoints", "3"),
+                  os.path.join(resumed, "checkpoints")], check=True)
+  again = loop.train_and_evaluate(tiny_config(), resumed)
+  original = {r["step"]: r for r in _rows(workdir) if "train/loss" in r}
+  rows = {r["step"]: r for r in _rows(resumed) if "train/loss" in r}
+  assert sorted(rows) == [4, 6]  # it started at step 4, not from scratch
+  assert rows[6]["train/loss"] == pytest.approx(original[6]["train/loss"], rel=1e-6)
+  for key in ("image_to_text_R@1", "text_to_image_R@5", "text_to_image_mean_rank"):
+    assert again[key] == pytest.approx(result[key], abs=1e-6)
+  assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["3", "6"]
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(trained, tmp_path,
+                                                                 monkeypatch):
+  workdir, _ = trained
+  run = str(tmp_path / "nan")
+  os.makedirs(run)
+  subprocess.run(["cp", "-r", os.path.join(workdir, "checkpoints"),
+                  os.path.join(workdir, "tokenizer"), run], check=True)
+  real_step = step_lib.make_train_step
+
+  def diverging_step(*args, **kwargs):
+    """The real step, whose params and loss turn NaN from step 8 on."""
+    step = real_step(*args, **kwargs)
+
+    def wrapped(state, batch):
+      state, metrics = step(state, batch)
+      bad = state.step >= 8
+      poison = lambda x: jnp.where(bad, jnp.nan, x)
+      metrics["train/loss"] = poison(metrics["train/loss"])
+      return state.replace(params=jax.tree.map(poison, state.params)), metrics
+
+    return wrapped
+
+  monkeypatch.setattr(step_lib, "make_train_step", diverging_step)
+  with pytest.raises(loop.NonFiniteLossError, match=r"nan at step 8.*Last good checkpoint: step 7"):
+    loop.train_and_evaluate(tiny_config(total_steps=9, checkpoint_every=1), run)
+  # Step 7 was good and saved; the NaN state of step 8 never was.
+  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["6", "7"]
+
+
+def test_evaluate_cli_reads_the_latest_checkpoint(trained, tmp_path):
+  workdir, result = trained
+  config_file = tmp_path / "tiny.py"
+  config_file.write_text(
+      "from tests.train.conftest import tiny_config\n"
+      "def get_config():\n  return tiny_config()\n")
+  out = subprocess.run(
+      [sys.executable, "-m", "mmjax.evaluate", f"--config={config_file}", f"--workdir={workdir}"],
+      cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 0, out.stderr
+  assert "checkpoint step 6" in out.stdout
+  assert retrieval.format_table(result).splitlines()[0] in out.stdout
+
+
+def test_train_cli_rejects_a_mistyped_key_before_compiling(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "mmjax.train", f"--workdir={tmp_path}", "--config.batch_sise=8"],
+      cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode != 0
+  assert "config.batch_sise" in out.stderr
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
