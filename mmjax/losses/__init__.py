@@ -2,6 +2,7 @@
 
 Pure functions of embeddings (or logits) returning a float32 scalar, plus a
 registry so configs can name a loss, or a weighted sum of losses, by string.
+Cross-device forms of the contrastive losses are in `mmjax.losses.distributed`.
 """
 
 from mmjax.losses.alignment import cosine_alignment
@@ -9,6 +10,11 @@ from mmjax.losses.alignment import kl_alignment
 from mmjax.losses.alignment import mse_alignment
 from mmjax.losses.contrastive import sigmoid_contrastive
 from mmjax.losses.contrastive import softmax_contrastive
+from mmjax.losses.distributed import distributed_form
+from mmjax.losses.distributed import sharded_sigmoid_contrastive
+from mmjax.losses.distributed import sharded_softmax_contrastive
+from mmjax.losses.distributed import sigmoid_contrastive_ring
+from mmjax.losses.distributed import softmax_contrastive_gather
 from mmjax.losses.registry import check_inputs
 from mmjax.losses.registry import combine
 from mmjax.losses.registry import from_config
@@ -21,6 +27,7 @@ __all__ = (
     "check_inputs",
     "combine",
     "cosine_alignment",
+    "distributed_form",
     "from_config",
     "get",
     "kl_alignment",
@@ -28,6 +35,10 @@ __all__ = (
     "names",
     "register",
     "required_inputs",
+    "sharded_sigmoid_contrastive",
+    "sharded_softmax_contrastive",
     "sigmoid_contrastive",
+    "sigmoid_contrastive_ring",
     "softmax_contrastive",
+    "softmax_contrastive_gather",
 )
