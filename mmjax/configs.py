@@ -36,11 +36,15 @@ def base() -> ml_collections.ConfigDict:
   c.loss.weight = 1.0
   # Extra weighted terms added to loss.name, e.g. {"mse_alignment": 1.0}.
   c.loss.terms = ml_collections.ConfigDict()
+  # How contrastive losses run when the batch spans several devices: "auto" (the
+  # memory-lean cross-device form: gather for softmax, ring for sigmoid),
+  # "naive" (the single-device formula on the global batch), "gather", "ring".
+  c.loss.impl = "auto"
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1            # -1: all remaining devices
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
+  c.mesh.fsdp = 1             # params and optimizer state sharded, batch split
+  c.mesh.tensor = 1           # attention heads and MLP hidden units split
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "shapes"
@@ -59,6 +63,7 @@ def base() -> ml_collections.ConfigDict:
   c.model.temperature_init = 10.0
   c.model.max_temperature = 100.0
   c.model.bias_init = -10.0
+  c.model.remat = False       # recompute transformer blocks in the backward pass
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-3
@@ -68,6 +73,9 @@ def base() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
   c.optim.clip_norm = 1.0
+  # Microbatches per step: the global batch is split in this many parts whose
+  # gradients are averaged before one optimizer update (same step count).
+  c.optim.grad_accum_steps = 1
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 500     # images (and captions) encoded per call
@@ -108,7 +116,7 @@ def validate(config, *, test_split_size: int | None = None) -> None:
 
   for key in ("batch_size", "total_steps", "log_every", "eval.batch_size",
               "eval.num_images", "data.image_size", "data.context_length",
-              "data.vocab_size", "model.embed_dim"):
+              "data.vocab_size", "model.embed_dim", "optim.grad_accum_steps"):
     positive_int(key)
   for key in ("eval_every", "checkpoint_every"):
     value = _get(config, key)

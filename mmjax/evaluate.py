@@ -30,8 +30,10 @@ def evaluate_workdir(config, workdir: str) -> dict:
   tok = build.tokenizer(config, workdir)
   model = build.model(config, tok)
   tx, _ = state_lib.optimizer(config)
+  # Restored straight into the layout of this run's mesh, whatever mesh trained it.
+  shardings = build.state_shardings(config, model, tx, build.mesh(config))
   state = checkpoint.restore(checkpoint.manager(workdir, read_only=True),
-                             build.abstract_state(config, model, tx))
+                             build.abstract_state(config, model, tx, shardings))
   if state is None:
     raise FileNotFoundError(f"{ckpt_dir} holds no complete checkpoint; train first.")
   result = evaluator.evaluate(model, state.params, pipeline.test_data(config, tok),
@@ -43,6 +45,9 @@ def evaluate_workdir(config, workdir: str) -> dict:
 
 def main(argv):
   cli.setup(argv)
+  from mmjax.parallel import multihost
+
+  multihost.initialize()  # before anything touches a device
   from mmjax.eval import retrieval
 
   with cli.clean_errors():

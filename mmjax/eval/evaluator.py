@@ -4,18 +4,33 @@ import functools
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mmjax.eval import retrieval
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _embed_images(model, params, images):
-  return model.apply({"params": params}, images, method=model.encode_image)
+@functools.lru_cache(maxsize=16)
+def _encoder(model, method: str, sharding):
+  """jit of model.<method>(params, x), its output laid out as `sharding`."""
+  def encode(params, x):
+    return model.apply({"params": params}, x, method=getattr(model, method))
+
+  return jax.jit(encode) if sharding is None else jax.jit(encode, out_shardings=sharding)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _embed_texts(model, params, tokens):
-  return model.apply({"params": params}, tokens, method=model.encode_text)
+def _replicated_like(params):
+  """Replicated on the params' mesh when they are sharded there, else None.
+
+  Evaluation batches are small next to training batches, so inputs and
+  embeddings are replicated; the params stay however training sharded them
+  (over fsdp / tensor) and XLA gathers what each matmul needs.
+  """
+  for leaf in jax.tree.leaves(params):
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+      return NamedSharding(sharding.mesh, P())
+  return None
 
 
 def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -32,9 +47,19 @@ def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def embed(model, params, data: dict, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """data: {"image": [N, H, W, C], "text": [M, L]} -> ([N, D], [M, D]) float32."""
-  img = _batched(lambda x: _embed_images(model, params, x), data["image"], batch_size)
-  txt = _batched(lambda x: _embed_texts(model, params, x), data["text"], batch_size)
+  """data: {"image": [N, H, W, C], "text": [M, L]} -> ([N, D], [M, D]) float32.
+
+  params may be sharded over a mesh (as the train step leaves them).
+  """
+  sharding = _replicated_like(params)
+  put = (lambda x: x) if sharding is None else (lambda x: jax.device_put(x, sharding))
+
+  def run(method):
+    fn = _encoder(model, method, sharding)
+    return lambda x: fn(params, put(x))
+
+  img = _batched(run("encode_image"), data["image"], batch_size)
+  txt = _batched(run("encode_text"), data["text"], batch_size)
   return img, txt
 
 

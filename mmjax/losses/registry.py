@@ -271,7 +271,8 @@ def _call(name: str, fn: LossFn, sig: inspect.Signature,
   return value.astype(jnp.float32)
 
 
-def combine(terms: Mapping[str, float]
+def combine(terms: Mapping[str, float],
+            impls: Mapping[str, LossFn] | None = None,
             ) -> Callable[[Mapping[str, Array]], tuple[Array, dict[str, Array]]]:
   """Builds the weighted sum of losses named in `terms`.
 
@@ -283,6 +284,9 @@ def combine(terms: Mapping[str, float]
   Args:
     terms: `{name: weight}`; names as accepted by `get`, weights finite and
       >= 0. Terms with weight 0 are dropped.
+    impls: optional `{name: fn}` to call instead of the registered loss of
+      that name, with the same parameters and value (e.g. the cross-device
+      forms from `distributed_form`).
 
   Returns:
     `loss_fn(outputs) -> (total, per_term)`: `outputs` maps names to arrays
@@ -297,6 +301,7 @@ def combine(terms: Mapping[str, float]
   """
   weights = _validate_terms(terms)
   fns = {name: get(name) for name in weights}
+  fns.update({name: fn for name, fn in (impls or {}).items() if name in fns})
   sigs = {name: _signature(name, fn) for name, fn in fns.items()}
   wants_logits = any("logits" in sig.parameters for sig in sigs.values())
 

@@ -1,9 +1,9 @@
 """Transformer building blocks shared by the image and text towers.
 
-Every parameter is created through `nn.with_logical_partitioning`, so it carries
-logical axis names (`embed`, `mlp`, `heads`, `kv`, ...). One table of rules in
-`mmjax.parallel.partitioning` maps those names onto mesh axes; the modules here
-never mention a mesh.
+Every parameter is created through `logical` (a `nn.LogicallyPartitioned` box),
+so it carries logical axis names (`embed`, `mlp`, `heads`, `kv`, ...). One table
+of rules in `mmjax.parallel.partitioning` maps those names onto mesh axes; the
+modules here never mention a mesh.
 """
 
 from typing import Any, Callable
@@ -20,9 +20,28 @@ DEFAULT_KERNEL_INIT = nn.initializers.xavier_uniform()
 EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
+class LogicalNames(nn.LogicallyPartitioned):
+  """A param's logical axis names, as metadata only.
+
+  Flax's own box also pins the param's layout with a sharding constraint when
+  unboxed under a mesh, in the shape it has at that moment; DenseGeneral unboxes
+  its kernel while still flat (2-D under 4 names), which then fails, and a
+  param whose dimension the mesh does not divide would fail too. The layout of
+  params is set once, by the train step's in/out shardings
+  (`mmjax.parallel.partitioning`), so here unboxing just returns the value.
+  """
+
+  def unbox(self, apply_constraint=True):
+    del apply_constraint
+    return self.value
+
+
 def logical(init: Callable, *names: str | None) -> Callable:
   """Wraps an initializer so the parameter carries logical axis `names`."""
-  return nn.with_logical_partitioning(init, names)
+  def wrapper(*args, **kwargs):
+    return LogicalNames(init(*args, **kwargs), names)
+
+  return wrapper
 
 
 def constrain(x: jax.Array, *names: str | None) -> jax.Array:

@@ -51,7 +51,13 @@ class TextTransformer(nn.Module):
     valid = tokens != self.pad_id  # [B, L]
     embed = self.param("token_embedding", logical(layers.EMBED_INIT, "vocab", "embed"),
                        (self.vocab_size, self.width))
+    # Gather the table's width before the lookup (as FSDP does for every weight):
+    # a lookup into a width-sharded table leaves its output, and the gradient's
+    # scatter-add, in a layout the partitioner can only fix by replicating the
+    # whole [B, L, width] activation.
+    embed = layers.constrain(embed, "vocab", None)
     x = jnp.take(embed, tokens, axis=0).astype(self.dtype)
+    x = layers.constrain(x, "batch", "length", "embed")
     pos = self.param("pos_embedding", logical(layers.EMBED_INIT, None, "embed"),
                      (self.context_length, self.width))
     x = x + pos[None, :length].astype(self.dtype)

@@ -94,8 +94,16 @@ def build(model_cfg, vocab_size: int, context_length: int) -> TwoTower:
   """Builds a TwoTower from `config.model`; the tokenizer fixes vocab and length."""
   text_kwargs = dict(model_cfg.text)
   text_kwargs.update(vocab_size=vocab_size, context_length=context_length)
+  image_kwargs = dict(model_cfg.image)
+  # model.remat switches rematerialisation on for every tower that has
+  # transformer blocks; a tower's own `remat` key overrides it.
+  remat = bool(model_cfg.get("remat", False))
+  text_kwargs.setdefault("remat", remat)
+  tower = IMAGE_TOWERS.get(image_kwargs.get("kind", "vit"))
+  if tower is not None and "remat" in getattr(tower, "__dataclass_fields__", {}):
+    image_kwargs.setdefault("remat", remat)
   return TwoTower(
-      image=_frozen(model_cfg.image),
+      image=_frozen(image_kwargs),
       text=_frozen(text_kwargs),
       embed_dim=model_cfg.embed_dim,
       temperature_init=model_cfg.temperature_init,

@@ -18,6 +18,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/default",
 
 def main(argv):
   cli.setup(argv)
+  from mmjax.parallel import multihost
+
+  multihost.initialize()  # before anything touches a device
   from mmjax.train import loop  # imported after flag parsing: JAX is slow to import
 
   with cli.clean_errors():

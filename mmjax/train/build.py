@@ -1,14 +1,20 @@
-"""Builds what both entry points need from a config: tokenizer, model, loss, state."""
+"""Builds what both entry points need from a config: mesh, tokenizer, model, loss,
+sharded state and the jitted train step."""
 
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
 
 from mmjax import configs, losses
 from mmjax.data import pipeline, tokenizer as tokenizer_lib
+from mmjax.losses import distributed
 from mmjax.models import two_tower
+from mmjax.parallel import mesh as mesh_lib
+from mmjax.parallel import partitioning
 from mmjax.train import state as state_lib
+from mmjax.train import step as step_lib
 
 # What the two-tower model hands to the losses (see TwoTower.__call__).
 MODEL_OUTPUTS = ("zimg", "ztxt", "scale", "bias", "logits")
@@ -22,7 +28,38 @@ def check(config) -> dict[str, float]:
   for name in terms:
     losses.get(name)  # unknown names fail here, listing the known ones
   losses.check_inputs(terms, MODEL_OUTPUTS)
+  _check_loss_impl(config.loss.impl, terms)
+  shape = mesh_lib.mesh_shape(config.mesh, jax.device_count())
+  mesh_lib.check_batch(config.batch_size, shape, config.optim.grad_accum_steps)
   return terms
+
+
+def _check_loss_impl(impl, terms) -> None:
+  if impl not in distributed.IMPLS:
+    raise configs.ConfigError(
+        f"config.loss.impl={impl!r}; choose one of {distributed.IMPLS}.")
+  for name in terms:
+    forms = distributed.DISTRIBUTED.get(name)
+    if forms is not None and impl not in ("auto", "naive", *forms):
+      raise configs.ConfigError(
+          f"config.loss.impl={impl!r} but loss {name!r} has no {impl!r} form; choose "
+          f"one of {('auto', 'naive', *forms)}.")
+
+
+def mesh(config, devices=None) -> jax.sharding.Mesh:
+  """The device mesh of config.mesh over `devices` (default: all)."""
+  return mesh_lib.make_mesh(config.mesh, devices)
+
+
+def loss_fn(config, terms: dict[str, float], mesh: jax.sharding.Mesh):
+  """The weighted loss; contrastive terms in their cross-device form when the batch
+  spans several devices (config.loss.impl), other terms as registered."""
+  impls = {}
+  for name in terms:
+    form = losses.distributed_form(name, config.loss.impl, mesh, mesh_lib.BATCH_AXES)
+    if form is not None:
+      impls[name] = form
+  return losses.combine(terms, impls=impls)
 
 
 def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer:
@@ -47,16 +84,45 @@ def example_batch(config, batch_size: int | None = None) -> dict:
           "text": np.zeros((b, config.data.context_length), np.int32)}
 
 
-def init_state(config, model, tx) -> state_lib.TrainState:
-  """A fresh TrainState, a function of config.seed alone."""
+def state_shardings(config, model, tx, mesh: jax.sharding.Mesh) -> state_lib.TrainState:
+  """NamedShardings of every TrainState leaf on `mesh`, from the logical-axis rules."""
+  ex = example_batch(config, batch_size=1)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), ex["image"], ex["text"])
+  params = state_lib.unbox(boxed)["params"]
+  param_sh = partitioning.param_shardings(nn.get_partition_spec(boxed)["params"],
+                                          params, mesh)
+  abstract = jax.eval_shape(lambda p: state_lib.create(p, tx), params)
+  return partitioning.state_shardings(abstract, param_sh, mesh)
+
+
+def init_state(config, model, tx, shardings=None) -> state_lib.TrainState:
+  """A fresh TrainState, a function of config.seed alone, created directly with
+  `shardings` (a TrainState of NamedShardings; default: jit's choice)."""
   ex = example_batch(config, batch_size=1)
 
   def init(rng):
     return state_lib.create(state_lib.init_params(model, rng, ex["image"], ex["text"]), tx)
 
-  return jax.jit(init)(jax.random.key(config.seed))
+  jitted = jax.jit(init) if shardings is None else jax.jit(init, out_shardings=shardings)
+  return jitted(jax.random.key(config.seed))
 
 
-def abstract_state(config, model, tx):
-  """Shapes and dtypes of the TrainState, without allocating it (for restore)."""
-  return jax.eval_shape(lambda: init_state(config, model, tx))
+def abstract_state(config, model, tx, shardings=None):
+  """Shapes, dtypes (and `shardings`, if given) of the TrainState, without
+  allocating it: the target checkpoints are restored into."""
+  abstract = jax.eval_shape(lambda: init_state(config, model, tx))
+  if shardings is None:
+    return abstract
+  return partitioning.with_shardings(abstract, shardings)
+
+
+def train_step(config, model, tx, lr_schedule, loss, mesh: jax.sharding.Mesh,
+               shardings):
+  """The jitted step: state sharded as `shardings`, batch over the batch axes,
+  metrics replicated; the input state is donated (updated in place)."""
+  step = step_lib.make_train_step(model, tx, loss, lr_schedule,
+                                  config.optim.grad_accum_steps)
+  return jax.jit(step,
+                 in_shardings=(shardings, partitioning.batch_sharding(mesh)),
+                 out_shardings=(shardings, partitioning.replicated(mesh)),
+                 donate_argnums=0)

@@ -8,12 +8,11 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from mmjax import losses
 from mmjax.data import pipeline
 from mmjax.eval import evaluator, retrieval
+from mmjax.parallel import multihost, partitioning
 from mmjax.train import build, checkpoint, metrics as metrics_lib, perf
 from mmjax.train import state as state_lib
-from mmjax.train import step as step_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -24,7 +23,8 @@ def check_workdir(workdir: str) -> None:
   """Fails now, not after hours of training, if `workdir` cannot be written."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
+    # One probe per process: processes sharing a workdir must not race on one file.
+    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -70,24 +70,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if primary:
     metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
+  mesh = build.mesh(config)
   tok = build.tokenizer(config, workdir)
   model = build.model(config, tok)
-  loss_fn = losses.combine(terms)
+  loss_fn = build.loss_fn(config, terms, mesh)
   tx, lr_schedule = state_lib.optimizer(config)
+  shardings = build.state_shardings(config, model, tx, mesh)
+  batch_sharding = partitioning.batch_sharding(mesh)
 
+  # Restored or created directly in its sharded layout: no device ever holds the
+  # whole state unless the rules replicate it.
   mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-  state = checkpoint.restore(mngr, build.abstract_state(config, model, tx))
+  state = checkpoint.restore(mngr, build.abstract_state(config, model, tx, shardings))
   if state is None:
-    state = build.init_state(config, model, tx)
+    state = build.init_state(config, model, tx, shardings)
   start = int(state.step)
   total = config.total_steps
   if start:
     print(f"Resuming from the checkpoint at step {start} in {workdir}.", flush=True)
 
-  # Donating the state lets XLA update params and optimizer moments in place.
-  train_step = jax.jit(step_lib.make_train_step(model, tx, loss_fn, lr_schedule),
-                       donate_argnums=0)
-  compiled = train_step.lower(state, build.example_batch(config)).compile()
+  train_step = build.train_step(config, model, tx, lr_schedule, loss_fn, mesh, shardings)
+  with partitioning.activate(mesh):  # the models' sharding constraints apply while tracing
+    batch_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+                  for k, v in build.example_batch(config).items()}
+    compiled = train_step.lower(state, batch_spec).compile()
   step_flops = perf.compiled_flops(compiled)
   peak = perf.matmul_flops_per_sec()
   test = pipeline.test_data(config, tok)
@@ -102,13 +108,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   last_eval = None
   last_saved = start if start else None
-  batches = pipeline.train_batches(config, tok, start)
+  # This process draws only the rows its devices hold, then they join the global batch.
+  rows = multihost.process_rows(batch_sharding, config.batch_size)
+  batches = pipeline.train_batches(config, tok, start, rows)
   bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
              mininterval=1.0, disable=not primary)
   meter, window = _Throughput(), []
   try:
     for step in range(start + 1, total + 1):
-      state, m = compiled(state, next(batches))
+      batch = multihost.global_batch(next(batches), batch_sharding, config.batch_size)
+      state, m = compiled(state, batch)
       # Reading the loss waits for this step only; the prefetch thread has the next
       # batch ready, so the check costs no throughput and no bad state is ever saved.
       loss = float(m["train/loss"])

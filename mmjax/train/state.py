@@ -56,7 +56,17 @@ def init_params(model: nn.Module, rng: jax.Array, images, tokens):
 
   images: [B, H, W, C], tokens: [B, L] (only their shapes and dtypes matter).
   """
-  return nn.meta.unbox(model.init(rng, images, tokens))["params"]
+  return unbox(model.init(rng, images, tokens))["params"]
+
+
+def unbox(variables):
+  """Strips the logical-axis boxes, without applying their sharding constraints.
+
+  The layout of params is the caller's jit out_shardings (which replicate a
+  dimension a mesh axis does not divide, where a constraint would fail).
+  """
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x,
+                      variables, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def logical_specs(model: nn.Module, images, tokens):

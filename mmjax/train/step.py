@@ -2,6 +2,7 @@
 
 from typing import Callable, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -11,30 +12,71 @@ from mmjax.train.state import TrainState
 LossFn = Callable[[Mapping[str, jax.Array]], tuple[jax.Array, dict]]
 
 
+def _microbatches(x: jax.Array, k: int) -> jax.Array:
+  """[B, ...] -> [k, B / k, ...]; microbatch j holds rows j, j + k, j + 2k, ...
+
+  Strided rather than contiguous: the batch is split over devices in contiguous
+  blocks, so every device keeps its own rows in every microbatch and the split
+  moves no data between devices (each device's block must divide by k).
+  """
+  b = x.shape[0]
+  x = jnp.swapaxes(x.reshape(b // k, k, *x.shape[1:]), 0, 1)
+  return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+
 def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
-                    lr_schedule: optax.Schedule):
+                    lr_schedule: optax.Schedule, grad_accum_steps: int = 1):
   """Returns train_step(state, batch) -> (state, metrics) for `jax.jit`.
 
   batch: {"image": [B, H, W, C] uint8, "text": [B, L] int32}.
   metrics: float32 scalars, "train/loss" and one "train/loss/<term>" per term.
-  """
 
-  def train_step(state: TrainState, batch):
+  grad_accum_steps = k > 1 splits the batch into k microbatches of B / k rows
+  and averages their losses and gradients in a `lax.scan` before one optimizer
+  update, so activations are held for B / k rows at a time. For contrastive
+  losses this is not the same objective as one batch of B: each example sees
+  only the B / k - 1 negatives of its own microbatch (the standard trade-off of
+  plain accumulation; the loss value is correspondingly lower). Losses that are
+  means over independent examples are unchanged.
+
+  Accumulation lives inside the step, rather than as `optax.MultiSteps` over k
+  calls, so one step still consumes the global batch of (seed, step), state.step
+  and the lr schedule count optimizer updates, and a k > 1 run logs, evaluates,
+  checkpoints and resumes at the same steps as a k = 1 run.
+  """
+  k = grad_accum_steps
+
+  def loss_and_grads(params, batch):
     def loss_of(params):
       outputs = model.apply({"params": params}, batch["image"], batch["text"])
       total, terms = loss_fn(outputs)
-      return total, (terms, outputs)
+      return total, {"terms": terms, "scale": outputs["scale"], "bias": outputs["bias"]}
 
-    (loss, (terms, outputs)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    return jax.value_and_grad(loss_of, has_aux=True)(params)
+
+  def accumulated(params, batch):
+    micro = jax.tree.map(lambda x: _microbatches(x, k), batch)
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(loss_and_grads, params, first))
+
+    def body(total, mb):
+      return jax.tree.map(jnp.add, total, loss_and_grads(params, mb)), None
+
+    total, _ = jax.lax.scan(body, zeros, micro)
+    return jax.tree.map(lambda x: x / k, total)
+
+  def train_step(state: TrainState, batch):
+    (loss, aux), grads = (accumulated if k > 1 else loss_and_grads)(state.params, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "train/loss": loss,
         "train/grad_norm": optax.tree.norm(grads),
         "train/lr": lr_schedule(state.step),
-        "train/scale": outputs["scale"],
-        "train/bias": outputs["bias"],
-        **{f"train/loss/{name}": value for name, value in terms.items()},
+        "train/scale": aux["scale"],
+        "train/bias": aux["bias"],
+        **{f"train/loss/{name}": value for name, value in aux["terms"].items()},
     }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)

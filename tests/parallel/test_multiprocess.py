@@ -1,0 +1,80 @@
+"""Two local processes x 4 devices train exactly like one process x 8 devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = """
+from tests.train.conftest import tiny_config
+def get_config():
+  return tiny_config(batch_size=16, total_steps=4, eval_every=4, checkpoint_every=4)
+"""
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+
+def _env(**extra):
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MMJAX_")}
+  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **extra)
+  env.pop("XLA_FLAGS", None)  # each launch sets its own device count
+  return env
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("cfg") / "tiny_mp.py"
+  path.write_text(CONFIG)
+  return str(path)
+
+
+def test_two_processes_match_one_process(config_file, tmp_path):
+  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+  cmd = [sys.executable, "-m", "mmjax.train", f"--config={config_file}"]
+  out = subprocess.run(
+      ["bash", "launch/cpu_multiprocess.sh", "2", "4", *cmd, f"--workdir={multi}"],
+      cwd=ROOT, env=_env(MMJAX_LOG_DIR=str(tmp_path / "logs")),
+      capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+  out = subprocess.run(
+      [*cmd, f"--workdir={single}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+
+  assert [s for s, _ in _losses(multi)] == [s for s, _ in _losses(single)] == [2, 4]
+  assert [v for _, v in _losses(multi)] == pytest.approx([v for _, v in _losses(single)],
+                                                         rel=1e-5)
+  with open(os.path.join(multi, "eval.json")) as f, open(os.path.join(single, "eval.json")) as g:
+    assert json.load(f) == pytest.approx(json.load(g), abs=1e-6)
+  # Files are written once, by process 0: one row per logged step, not two.
+  with open(os.path.join(multi, "metrics.jsonl")) as f:
+    steps = [json.loads(line)["step"] for line in f]
+  assert steps.count(4) == 2  # the train row and the eval row of step 4
+
+
+def test_launcher_fails_when_one_process_fails(tmp_path):
+  out = subprocess.run(
+      ["bash", "launch/cpu_multiprocess.sh", "2", "1", sys.executable, "-c",
+       "import os, sys, time; sys.exit(3) if os.environ['MMJAX_PROCESS_ID'] == '1' "
+       "else time.sleep(60)"],
+      cwd=ROOT, env=_env(MMJAX_LOG_DIR=str(tmp_path)), capture_output=True, text=True,
+      timeout=30)
+  assert out.returncode == 3
+  assert "process 1 exited with status 3" in out.stderr
+
+
+def test_mismatched_process_id_is_rejected():
+  out = subprocess.run(
+      [sys.executable, "-c", "from mmjax.parallel import multihost; multihost.initialize()"],
+      cwd=ROOT, capture_output=True, text=True, timeout=60,
+      env=_env(MMJAX_COORDINATOR="127.0.0.1:1", MMJAX_NUM_PROCESSES="2",
+               MMJAX_PROCESS_ID="2"))
+  assert out.returncode != 0
+  assert "MMJAX_PROCESS_ID=2 is outside [0, MMJAX_NUM_PROCESSES=2)" in out.stderr
