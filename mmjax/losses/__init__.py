@@ -10,9 +10,9 @@ from mmjax.losses.alignment import kl_alignment
 from mmjax.losses.alignment import mse_alignment
 from mmjax.losses.contrastive import sigmoid_contrastive
 from mmjax.losses.contrastive import softmax_contrastive
-from mmjax.losses.distributed import distributed_form
-from mmjax.losses.distributed import sharded_sigmoid_contrastive
-from mmjax.losses.distributed import sharded_softmax_contrastive
+from mmjax.losses.sharded import distributed_form
+from mmjax.losses.sharded import sharded_sigmoid_contrastive
+from mmjax.losses.sharded import sharded_softmax_contrastive
 from mmjax.losses.distributed import sigmoid_contrastive_ring
 from mmjax.losses.distributed import softmax_contrastive_gather
 from mmjax.losses.registry import check_inputs

@@ -9,7 +9,7 @@ import numpy as np
 
 from mmjax import configs, losses
 from mmjax.data import pipeline, tokenizer as tokenizer_lib
-from mmjax.losses import distributed
+from mmjax.losses import sharded
 from mmjax.models import two_tower
 from mmjax.parallel import mesh as mesh_lib
 from mmjax.parallel import partitioning
@@ -35,11 +35,11 @@ def check(config) -> dict[str, float]:
 
 
 def _check_loss_impl(impl, terms) -> None:
-  if impl not in distributed.IMPLS:
+  if impl not in sharded.IMPLS:
     raise configs.ConfigError(
-        f"config.loss.impl={impl!r}; choose one of {distributed.IMPLS}.")
+        f"config.loss.impl={impl!r}; choose one of {sharded.IMPLS}.")
   for name in terms:
-    forms = distributed.DISTRIBUTED.get(name)
+    forms = sharded.DISTRIBUTED.get(name)
     if forms is not None and impl not in ("auto", "naive", *forms):
       raise configs.ConfigError(
           f"config.loss.impl={impl!r} but loss {name!r} has no {impl!r} form; choose "

@@ -18,6 +18,7 @@ from jax.sharding import AxisType
 from mmjax import losses
 from mmjax.losses import contrastive
 from mmjax.losses import distributed
+from mmjax.losses import sharded
 from mmjax.losses import registry
 
 AXES = ("data", "fsdp", "tensor")
@@ -52,9 +53,9 @@ def reference(batch):
 
 def _sharded(mesh, batch_axes):
   return _both(
-      lambda *a: distributed.sharded_softmax_contrastive(
+      lambda *a: sharded.sharded_softmax_contrastive(
           *a, mesh=mesh, batch_axes=batch_axes),
-      lambda *a: distributed.sharded_sigmoid_contrastive(
+      lambda *a: sharded.sharded_sigmoid_contrastive(
           *a, mesh=mesh, batch_axes=batch_axes))
 
 
@@ -97,7 +98,7 @@ def test_ring_holds_one_local_block(batch):
   mesh = jax.make_mesh((8, 1, 1), AXES)
   local = BATCH // 8
   hlo = jax.jit(jax.grad(
-      lambda *a: distributed.sharded_sigmoid_contrastive(*a, mesh=mesh),
+      lambda *a: sharded.sharded_sigmoid_contrastive(*a, mesh=mesh),
       argnums=(0, 1, 2, 3))).lower(*batch).compile().as_text()
   shapes = set(re.findall(r"f32\[(\d+),(\d+)\]", hlo))
   assert (str(local), str(local)) in shapes
@@ -110,30 +111,30 @@ def test_indivisible_batch_names_the_fix(batch):
   mesh = jax.make_mesh((8, 1, 1), AXES)
   zimg, ztxt, scale, bias = (x[:12] if x.ndim else x for x in batch)
   with pytest.raises(ValueError, match=r"batch size 12 .* 8 devices") as err:
-    jax.jit(lambda a, b: distributed.sharded_sigmoid_contrastive(
+    jax.jit(lambda a, b: sharded.sharded_sigmoid_contrastive(
         a, b, scale, bias, mesh=mesh))(zimg, ztxt)
   message = str(err.value)
   assert "'data': 8" in message and "'fsdp': 1" in message
   assert "multiple of 8" in message and "e.g. 16" in message
   with pytest.raises(ValueError, match="batch size 12"):
-    distributed.sharded_softmax_contrastive(zimg, ztxt, scale, mesh=mesh)
+    sharded.sharded_softmax_contrastive(zimg, ztxt, scale, mesh=mesh)
 
 
 def test_unknown_batch_axis():
   mesh = jax.make_mesh((8, 1, 1), AXES)
   with pytest.raises(ValueError, match="'model'.*not axes of the mesh"):
-    distributed.distributed_form("softmax_contrastive", "gather", mesh,
+    sharded.distributed_form("softmax_contrastive", "gather", mesh,
                                  ("data", "model"))
 
 
 @pytest.mark.parametrize("name, impl, form", [
-    ("softmax_contrastive", "gather", distributed.sharded_softmax_contrastive),
-    ("sigmoid_contrastive", "ring", distributed.sharded_sigmoid_contrastive),
+    ("softmax_contrastive", "gather", sharded.sharded_softmax_contrastive),
+    ("sigmoid_contrastive", "ring", sharded.sharded_sigmoid_contrastive),
 ])
 def test_distributed_form_auto_on_many_devices(name, impl, form):
   mesh = jax.make_mesh((4, 2, 1), AXES)
   for choice in ("auto", impl):
-    fn = distributed.distributed_form(name, choice, mesh, ("data", "fsdp"))
+    fn = sharded.distributed_form(name, choice, mesh, ("data", "fsdp"))
     assert fn.func is form
     assert fn.keywords == {"mesh": mesh, "batch_axes": ("data", "fsdp")}
     # Same required parameters as the single-device loss, so the registry
@@ -146,28 +147,28 @@ def test_distributed_form_auto_on_many_devices(name, impl, form):
 def test_distributed_form_single_device_and_naive():
   # The batch axes span one device: 'auto' falls back to the plain loss.
   mesh = jax.make_mesh((1, 1, 8), AXES)
-  for name in distributed.DISTRIBUTED:
+  for name in sharded.DISTRIBUTED:
     plain = registry.get(name)
-    assert distributed.distributed_form(name, "auto", mesh) is plain
-    assert distributed.distributed_form(name, "naive", mesh) is plain
-    assert distributed.distributed_form(name, "naive", None) is plain
+    assert sharded.distributed_form(name, "auto", mesh) is plain
+    assert sharded.distributed_form(name, "naive", mesh) is plain
+    assert sharded.distributed_form(name, "naive", None) is plain
   # Losses without a distributed form are used as registered.
-  assert distributed.distributed_form("mse_alignment", "auto", mesh) is None
+  assert sharded.distributed_form("mse_alignment", "auto", mesh) is None
 
 
 def test_distributed_form_invalid_choice():
   mesh = jax.make_mesh((8, 1, 1), AXES)
   with pytest.raises(ValueError, match=r"no 'ring' form.*'auto', 'naive', 'gather'"):
-    distributed.distributed_form("softmax_contrastive", "ring", mesh)
+    sharded.distributed_form("softmax_contrastive", "ring", mesh)
   with pytest.raises(ValueError, match=r"no 'gather' form.*'auto', 'naive', 'ring'"):
-    distributed.distributed_form("sigmoid_contrastive", "gather", mesh)
+    sharded.distributed_form("sigmoid_contrastive", "gather", mesh)
   with pytest.raises(ValueError, match=r"unknown loss impl 'chunked'.*'ring'"):
-    distributed.distributed_form("sigmoid_contrastive", "chunked", mesh)
+    sharded.distributed_form("sigmoid_contrastive", "chunked", mesh)
   with pytest.raises(ValueError, match="needs the device mesh"):
-    distributed.distributed_form("sigmoid_contrastive", "ring", None)
+    sharded.distributed_form("sigmoid_contrastive", "ring", None)
 
 
 def test_public_names():
-  assert losses.distributed_form is distributed.distributed_form
+  assert losses.distributed_form is sharded.distributed_form
   assert losses.sigmoid_contrastive_ring is distributed.sigmoid_contrastive_ring
-  assert set(distributed.DISTRIBUTED) <= set(registry.names())
+  assert set(sharded.DISTRIBUTED) <= set(registry.names())

@@ -1,0 +1,221 @@
+"""Cross-device contrastive losses over global (sharded) arrays, and the choice
+of form by name.
+
+`sharded_softmax_contrastive` and `sharded_sigmoid_contrastive` take global
+arrays and a mesh and run the per-device forms of `mmjax.losses.distributed`
+under `jax.shard_map`; `distributed_form` picks one per loss for a train step.
+"""
+
+import functools
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mmjax.losses import contrastive
+from mmjax.losses.distributed import AxisNames
+from mmjax.losses.distributed import _axes  # one parser of axis names for both modules
+from mmjax.losses.distributed import sigmoid_contrastive_ring
+from mmjax.losses.distributed import softmax_contrastive_gather
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+# ---------------------------------------------------------------------------
+# Wrappers over global arrays.
+
+
+def _batch_axes(mesh, batch_axes: AxisNames) -> tuple[str, ...]:
+  if mesh is None:
+    raise ValueError(
+        "a distributed loss needs the device mesh: pass mesh=..., or use the "
+        "single-device loss (impl='naive').")
+  axes = _axes(batch_axes)
+  unknown = [a for a in axes if a not in mesh.axis_names]
+  if unknown:
+    raise ValueError(
+        f"batch axes {unknown} are not axes of the mesh {dict(mesh.shape)}; "
+        f"pass batch_axes from {tuple(mesh.axis_names)}.")
+  if len(set(axes)) != len(axes):
+    raise ValueError(f"batch_axes {axes} names an axis twice.")
+  return axes
+
+
+def _check_batch(zimg, ztxt, mesh, axes: tuple[str, ...]) -> None:
+  contrastive._check_pair(zimg, ztxt, same_batch=True)  # pylint: disable=protected-access
+  sizes = {a: mesh.shape[a] for a in axes}
+  devices = math.prod(sizes.values())
+  batch = zimg.shape[0]
+  if batch % devices:
+    up = -(-batch // devices) * devices
+    raise ValueError(
+        f"global batch size {batch} is not divisible by the {devices} devices "
+        f"the batch is sharded over (batch axes {sizes}). Make the batch size "
+        f"(config.batch_size) a multiple of {devices}, e.g. {up}, or change "
+        f"the sizes of the batch axes {tuple(axes)} (config.mesh.*).")
+
+
+def _sharded(per_device: Callable, mesh, axes: tuple[str, ...],
+             embeddings: tuple[Array, Array], scalars: tuple) -> Array:
+  rows = P(axes, None)
+  if all(mesh.axis_types[mesh.axis_names.index(a)] == AxisType.Explicit
+         for a in axes):
+    # With Explicit axes shard_map checks, rather than changes, the input
+    # sharding; reshard is a no-op when the batch already arrives as `rows`.
+    embeddings = jax.reshard(embeddings, NamedSharding(mesh, rows))
+  fn = jax.shard_map(
+      functools.partial(per_device, axis_name=axes),
+      mesh=mesh,
+      in_specs=(rows, rows) + (P(),) * len(scalars),
+      out_specs=P())
+  return fn(*embeddings, *scalars)
+
+
+def sharded_softmax_contrastive(
+    zimg: ArrayLike,
+    ztxt: ArrayLike,
+    scale: ArrayLike,
+    *,
+    mesh: jax.sharding.Mesh,
+    batch_axes: AxisNames = ("data", "fsdp"),
+) -> Array:
+  """Computes `softmax_contrastive` on global arrays via the gather form.
+
+  Runs `softmax_contrastive_gather` under `jax.shard_map` with the batch
+  sharded over `batch_axes` and everything replicated over the other mesh
+  axes (e.g. `tensor`). Works eagerly or under `jax.jit`.
+
+  Memory per device: `B_local x B` float32 logits per direction, where
+  `B_local = B / prod(batch axis sizes)`.
+
+  Args:
+    zimg: global image embeddings, `[B, D]` float.
+    ztxt: global text embeddings, `[B, D]` float.
+    scale: scalar logit multiplier.
+    mesh: the device mesh.
+    batch_axes: the mesh axes the batch is sharded over (name or tuple).
+
+  Returns:
+    float32 scalar loss, equal to `softmax_contrastive(zimg, ztxt, scale)`.
+
+  Raises:
+    ValueError: `B` is not divisible by the number of devices on the batch
+      axes, or a batch axis is not in the mesh (before anything is traced).
+  """
+  axes = _batch_axes(mesh, batch_axes)
+  zimg, ztxt = jnp.asarray(zimg), jnp.asarray(ztxt)
+  _check_batch(zimg, ztxt, mesh, axes)
+  return _sharded(softmax_contrastive_gather, mesh, axes, (zimg, ztxt),
+                  (jnp.asarray(scale),))
+
+
+def sharded_sigmoid_contrastive(
+    zimg: ArrayLike,
+    ztxt: ArrayLike,
+    scale: ArrayLike,
+    bias: ArrayLike,
+    *,
+    mesh: jax.sharding.Mesh,
+    batch_axes: AxisNames = ("data", "fsdp"),
+) -> Array:
+  """Computes `sigmoid_contrastive` on global arrays via the ring form.
+
+  Runs `sigmoid_contrastive_ring` under `jax.shard_map` with the batch
+  sharded over `batch_axes` and everything replicated over the other mesh
+  axes. Works eagerly or under `jax.jit`.
+
+  Memory per device: one `B_local x B_local` float32 logit block, where
+  `B_local = B / prod(batch axis sizes)`.
+
+  Args:
+    zimg: global image embeddings, `[B, D]` float.
+    ztxt: global text embeddings, `[B, D]` float.
+    scale: scalar logit multiplier.
+    bias: scalar logit bias.
+    mesh: the device mesh.
+    batch_axes: the mesh axes the batch is sharded over (name or tuple).
+
+  Returns:
+    float32 scalar loss, equal to `sigmoid_contrastive(zimg, ztxt, scale,
+    bias)`.
+
+  Raises:
+    ValueError: `B` is not divisible by the number of devices on the batch
+      axes, or a batch axis is not in the mesh (before anything is traced).
+  """
+  axes = _batch_axes(mesh, batch_axes)
+  zimg, ztxt = jnp.asarray(zimg), jnp.asarray(ztxt)
+  _check_batch(zimg, ztxt, mesh, axes)
+  return _sharded(sigmoid_contrastive_ring, mesh, axes, (zimg, ztxt),
+                  (jnp.asarray(scale), jnp.asarray(bias)))
+
+
+# ---------------------------------------------------------------------------
+# Choosing a form by name.
+
+# Loss name -> {impl: form over global arrays}; the first impl is what "auto"
+# picks on more than one device.
+DISTRIBUTED: dict[str, dict[str, Callable[..., Array]]] = {
+    "softmax_contrastive": {"gather": sharded_softmax_contrastive},
+    "sigmoid_contrastive": {"ring": sharded_sigmoid_contrastive},
+}
+
+IMPLS = ("auto", "naive", "gather", "ring")
+
+_SINGLE_DEVICE = {
+    "softmax_contrastive": contrastive.softmax_contrastive,
+    "sigmoid_contrastive": contrastive.sigmoid_contrastive,
+}
+
+
+def distributed_form(
+    name: str,
+    impl: str = "auto",
+    mesh: jax.sharding.Mesh | None = None,
+    batch_axes: AxisNames = ("data", "fsdp"),
+) -> Callable[..., Array] | None:
+  """Returns the form of loss `name` to use on `mesh`, or None if it has none.
+
+  The result takes the same parameters as the single-device loss (`zimg,
+  ztxt, scale[, bias]`; mesh and batch axes are bound as keyword defaults), so
+  `registry.combine`-style binding by parameter name works unchanged.
+
+  Args:
+    name: a loss name, e.g. `"softmax_contrastive"`.
+    impl: `"auto"` (the memory-lean form when the batch axes span more than
+      one device, the single-device loss otherwise), `"naive"` (the
+      single-device loss on the global batch; XLA's partitioner decides the
+      communication and may materialise `B x B`), or a form of this loss:
+      `"gather"` (softmax) or `"ring"` (sigmoid).
+    mesh: the device mesh; not needed for `"naive"`.
+    batch_axes: the mesh axes the batch is sharded over.
+
+  Returns:
+    a loss function, or None when `name` has no distributed form (use the
+    registered loss as is).
+
+  Raises:
+    ValueError: `impl` is unknown or does not exist for this loss (the message
+      lists the valid choices), or the mesh lacks a batch axis.
+  """
+  if impl not in IMPLS:
+    raise ValueError(f"unknown loss impl {impl!r}; choose one of {IMPLS}.")
+  forms = DISTRIBUTED.get(name)
+  if forms is None:
+    return None
+  if impl not in ("auto", "naive") and impl not in forms:
+    raise ValueError(
+        f"loss {name!r} has no {impl!r} form; choose one of "
+        f"{('auto', 'naive', *forms)}.")
+  if impl == "naive":
+    return _SINGLE_DEVICE[name]
+  axes = _batch_axes(mesh, batch_axes)
+  if impl == "auto":
+    if math.prod(mesh.shape[a] for a in axes) == 1:
+      return _SINGLE_DEVICE[name]
+    impl = next(iter(forms))
+  return functools.partial(forms[impl], mesh=mesh, batch_axes=axes)
