@@ -224,9 +224,11 @@ def sigmoid_contrastive_ring(
   runs the ring again, each chunk's gradient travelling with it and returning
   to its owner after `n` hops, so nothing grows with the device count.
 
-  Memory per device: one `B_local x B_local` float32 logit block, plus the
-  chunk in flight (`B_local x D`, and its float32 gradient in the backward
-  pass).
+  Memory per device: `B_local x B_local` float32 blocks, plus the chunk in
+  flight (`B_local x D`, and its float32 gradient in the backward pass). The
+  forward pass reuses one block; in the backward pass XLA:CPU keeps three block
+  intermediates live (3.75 blocks in all, measured by
+  experiments/benchmarks/loss_memory.py), independent of the device count.
 
   Args:
     zimg: this device's L2-normalised image embeddings, `[B_local, D]` float.
