@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmjax import losses
-from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.train import build, perf
 from mmjax.train import state as state_lib
 from mmjax.train import step as step_lib

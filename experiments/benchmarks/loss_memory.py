@@ -37,7 +37,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mmjax.losses import contrastive
-from mmjax.losses import distributed
+from mmjax.losses import sharded as sharded_losses
 from mmjax.parallel import mesh as mesh_lib
 
 MIB = 2**20
@@ -55,8 +55,8 @@ def loss_fn(loss, form, mesh):
   if form == "naive":
     return {"softmax": contrastive.softmax_contrastive,
             "sigmoid": contrastive.sigmoid_contrastive}[loss]
-  sharded = {"gather": distributed.sharded_softmax_contrastive,
-             "ring": distributed.sharded_sigmoid_contrastive}[form]
+  sharded = {"gather": sharded_losses.sharded_softmax_contrastive,
+             "ring": sharded_losses.sharded_sigmoid_contrastive}[form]
   return lambda *args: sharded(*args, mesh=mesh, batch_axes=mesh_lib.BATCH_AXES)
 
 

@@ -7,7 +7,8 @@ holds the global `B x B` logit matrix:
 - `softmax_contrastive_gather`: all-gathers the other tower's embeddings; each
   device scores its `B_local` rows against all `B` columns.
 - `sigmoid_contrastive_ring`: passes text chunks around a ring of devices with
-  `ppermute`; each device scores one `B_local x B_local` block at a time.
+  `ppermute`; each device scores one `B_local x B_local` block at a time, in
+  tiles of rows.
 
 Both are per-device functions meant to run inside `jax.shard_map` (with its
 default `check_vma=True`, which makes the gradients of `psum`/`all_gather`
@@ -123,13 +124,23 @@ def softmax_contrastive_gather(
   return total / (2 * global_batch)
 
 
-def _sigmoid_block(zimg, ztxt, scale, bias, positive: bool) -> Array:
-  """Sum of -log_sigmoid(label * logit) over one `[B_local, B_local]` block."""
-  logits = contrastive.pairwise_logits(zimg, ztxt, scale, bias)
-  if positive:  # The device's own texts: matching pairs on the diagonal.
-    labels = 2.0 * jnp.eye(logits.shape[0], dtype=jnp.float32) - 1.0
-    return -jnp.sum(jax.nn.log_sigmoid(labels * logits))
-  return -jnp.sum(jax.nn.log_sigmoid(-logits))
+# Rows of this device's images scored against a text chunk at once. 512 x
+# B_local float32 is a quarter of the block at B_local = 2048, and a
+# [512, D] x [D, B_local] matmul is still large enough to run at full speed.
+DEFAULT_TILE_ROWS = 512
+
+
+def _tile_rows(local: int, tile_rows: int | None) -> int:
+  """Rows per tile: the largest divisor of `local` that is <= tile_rows."""
+  if tile_rows is None:
+    tile_rows = DEFAULT_TILE_ROWS
+  if tile_rows < 1:
+    raise ValueError(f"tile_rows={tile_rows}; use a positive row count, or None "
+                     f"for the default ({DEFAULT_TILE_ROWS}).")
+  rows = min(tile_rows, local)
+  while local % rows:
+    rows -= 1
+  return rows
 
 
 def _ring_perm(n: int) -> list[tuple[int, int]]:
@@ -137,68 +148,132 @@ def _ring_perm(n: int) -> list[tuple[int, int]]:
   return [(j, (j + 1) % n) for j in range(n)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _ring_sum(zimg, ztxt, scale, bias, axes):
-  """This device's images against every device's texts, summed (no psum)."""
+def _tile(zimg, chunk, scale, bias, diagonal, with_grads: bool):
+  """Sigmoid loss of one `[R, C]` tile of logits and, optionally, its gradients.
+
+  zimg `[R, D]`, chunk `[C, D]`, all float32. Row r is positive with column
+  `diagonal + r` (pass C or more for a tile of negatives only).
+
+  Returns (sum of -log_sigmoid(label * logit), grads): grads are
+  (d zimg `[R, D]`, d chunk `[C, D]`, d scale, d bias) for a unit cotangent,
+  or None without with_grads.
+  """
+  dots = zimg @ chunk.T  # [R, C]
+  rows = jnp.arange(zimg.shape[0])[:, None]
+  cols = jnp.arange(chunk.shape[0])[None, :]
+  labels = jnp.where(cols == rows + diagonal, 1.0, -1.0)
+  z = labels * (scale * dots + bias)
+  value = jnp.sum(jax.nn.softplus(-z))  # = -log_sigmoid(z)
+  if not with_grads:
+    return value, None
+  # d softplus(-z) / d logit = -label * sigmoid(-z). Written out rather than
+  # left to autodiff so that nothing else of size [R, C] is kept.
+  dlogits = -labels * jax.nn.sigmoid(-z)
+  return value, (scale * (dlogits @ chunk), scale * (dlogits.T @ zimg),
+                 jnp.sum(dlogits * dots), jnp.sum(dlogits))
+
+
+def _zeros(shape, like) -> Array:
+  # float32 zeros that vary over the same manual axes as `like`: a loop
+  # carry inside shard_map must keep one type from iteration to iteration.
+  axes = tuple(sorted(frozenset().union(*map(_varying_axes, like))))
+  zeros = jnp.zeros(shape, jnp.float32)
+  return jax.lax.pcast(zeros, axes, to="varying") if axes else zeros
+
+
+def _score_chunk(acc, zimg, chunk, scale, bias, *, positive: bool, rows: int):
+  """Adds this device's images `[B_local, D]` against a text chunk `[C, D]`.
+
+  acc is (value,) or (value, d zimg `[B_local, D]`, d chunk `[C, D]`,
+  d scale, d bias); the chunk's loss and, in the long form, its gradients for
+  a unit cotangent are added in place. The `B_local x C` block is never
+  formed whole: a loop over tiles of `rows` images keeps one `[rows, C]`
+  tile, and the few same-sized intermediates the compiler materialises
+  around it, live at a time.
+  """
+  with_grads = len(acc) > 1
+  no_diagonal = chunk.shape[0]
+
+  def body(t, acc):
+    start = t * rows
+    zi = jax.lax.dynamic_slice_in_dim(zimg, start, rows)
+    v, g = _tile(zi, chunk, scale, bias, start if positive else no_diagonal,
+                 with_grads)
+    if not with_grads:
+      return (acc[0] + v,)
+    value, dimg, dchunk, dscale, dbias = acc
+    di, dc, ds, db = g
+    di = di + jax.lax.dynamic_slice_in_dim(dimg, start, rows)
+    dimg = jax.lax.dynamic_update_slice_in_dim(dimg, di, start, axis=0)
+    return value + v, dimg, dchunk + dc, dscale + ds, dbias + db
+
+  return jax.lax.fori_loop(0, zimg.shape[0] // rows, body, tuple(acc))
+
+
+def _ring(zimg, ztxt, scale, bias, axes, rows: int, with_grads: bool):
+  """This device's images against every device's texts: one pass of the ring.
+
+  Returns (value,) or, with with_grads, (value, d zimg, d ztxt, d scale,
+  d bias): value is this device's sum of -log_sigmoid terms (not yet
+  psum-ed); the gradients, float32 and for a unit cotangent, are of the psum
+  of those sums, as this device's parts: d ztxt is the gradient of this
+  device's own texts, collected from every device; d scale and d bias are
+  this device's shares (their psum is the gradient).
+  """
   n = jax.lax.axis_size(axes)
-  total = _sigmoid_block(zimg, ztxt, scale, bias, positive=True)
+  f32 = lambda x: jnp.asarray(x).astype(jnp.float32)
+  zimg, chunk, scale, bias = f32(zimg), f32(ztxt), f32(scale), f32(bias)
+  score = functools.partial(_score_chunk, zimg=zimg, scale=scale, bias=bias, rows=rows)
+  zeros = functools.partial(_zeros, like=(zimg, chunk))
+  acc = (zeros(()),)
+  if with_grads:
+    acc += (zeros(zimg.shape), zeros(chunk.shape), zeros(()), zeros(()))
+  acc = score(acc, chunk=chunk, positive=True)
   if n == 1:
-    return total
+    return acc
   perm = _ring_perm(n)
-  chunk = jax.lax.ppermute(ztxt, axes, perm)
+  hop = lambda x: jax.lax.ppermute(x, axes, perm)
 
-  def body(_, carry):
-    total, chunk = carry
+  def pass_on(acc):
+    # The gradient of a chunk travels with it, collecting each device's share.
+    return (acc[0], acc[1], hop(acc[2]), *acc[3:]) if with_grads else acc
+
+  def step(_, carry):
+    acc, chunk = carry
     # Send the chunk on before scoring it: the transfer does not depend on the
-    # block, so the compiler can overlap it with the matmul.
-    following = jax.lax.ppermute(chunk, axes, perm)
-    total = total + _sigmoid_block(zimg, chunk, scale, bias, positive=False)
-    return total, following
+    # scores, so the compiler can overlap the two.
+    following = hop(chunk)
+    return pass_on(score(acc, chunk=chunk, positive=False)), following
 
-  # A loop rather than n unrolled steps keeps one block live at a time and the
-  # program size independent of the device count.
-  total, chunk = jax.lax.fori_loop(0, n - 2, body, (total, chunk))
-  return total + _sigmoid_block(zimg, chunk, scale, bias, positive=False)
-
-
-def _ring_sum_fwd(zimg, ztxt, scale, bias, axes):
-  # Keep only the inputs: plain autodiff of the loop would store every chunk
-  # it received (B x D per device); the backward pass runs the ring again.
-  return _ring_sum(zimg, ztxt, scale, bias, axes), (zimg, ztxt, scale, bias)
+  # After k hops device i holds the chunk of device i - k, and its gradient
+  # holds the shares of devices i - k .. i - 1. A loop rather than n unrolled
+  # steps keeps the program size independent of the device count.
+  acc, chunk = jax.lax.fori_loop(0, n - 2, step, (pass_on(acc), hop(chunk)))
+  # The last chunk (of device i + 1) needs no forwarding; its gradient, now
+  # complete, takes the final hop home.
+  return pass_on(score(acc, chunk=chunk, positive=False))
 
 
-def _ring_sum_bwd(axes, res, g):
-  zimg, ztxt, scale, bias = res
-  n = jax.lax.axis_size(axes)
-  # Accumulate in float32 across the n blocks and cast once at the end, as
-  # the single-device loss does.
-  zimg32 = zimg.astype(jnp.float32)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _ring_sum(zimg, ztxt, scale, bias, axes, rows):
+  """This device's images against every device's texts, summed (no psum)."""
+  return _ring(zimg, ztxt, scale, bias, axes, rows, with_grads=False)[0]
 
-  def block_grads(chunk, positive):
-    _, vjp = jax.vjp(
-        functools.partial(_sigmoid_block, positive=positive),
-        zimg32, chunk.astype(jnp.float32), scale, bias)
-    return vjp(g)  # (d zimg, d chunk, d scale, d bias)
 
-  dimg, dtxt, dscale, dbias = block_grads(ztxt, positive=True)
-  if n > 1:
-    perm = _ring_perm(n)
+def _ring_sum_fwd(zimg, ztxt, scale, bias, axes, rows):
+  # The loss is a sum, so its gradient for any cotangent g is g times the
+  # gradient for g = 1: one pass of the ring computes the value and that
+  # gradient together, and only [B_local, D]-sized results are kept for the
+  # backward pass (plain autodiff of the loop would keep every received chunk,
+  # and a separate backward ring would score every block twice).
+  value, *grads = _ring(zimg, ztxt, scale, bias, axes, rows, with_grads=True)
+  return value, (grads, (zimg, ztxt, scale, bias))
 
-    def body(_, carry):
-      dimg, dscale, dbias, chunk, dchunk = carry
-      # The chunk's gradient travels with it and collects every device's
-      # contribution on the way round.
-      chunk, dchunk = jax.lax.ppermute((chunk, dchunk), axes, perm)
-      di, dt, ds, db = block_grads(chunk, positive=False)
-      return dimg + di, dscale + ds, dbias + db, chunk, dchunk + dt
 
-    dimg, dscale, dbias, _, dtxt = jax.lax.fori_loop(
-        0, n - 1, body, (dimg, dscale, dbias, ztxt, dtxt))
-    # Device i now holds the gradient of the chunk owned by device i + 1: one
-    # more hop takes it home.
-    dtxt = jax.lax.ppermute(dtxt, axes, perm)
-  return (_sum_like(dimg, zimg), _sum_like(dtxt, ztxt),
-          _sum_like(dscale, scale), _sum_like(dbias, bias))
+def _ring_sum_bwd(axes, rows, res, g):
+  del axes, rows
+  grads, primals = res
+  return tuple(_sum_like(g * d, p) for d, p in zip(grads, primals))
 
 
 _ring_sum.defvjp(_ring_sum_fwd, _ring_sum_bwd)
@@ -211,6 +286,7 @@ def sigmoid_contrastive_ring(
     bias: ArrayLike,
     *,
     axis_name: AxisNames,
+    tile_rows: int | None = None,
 ) -> Array:
   """Computes the sigmoid contrastive (SigLIP) loss with a ring of devices.
 
@@ -220,15 +296,19 @@ def sigmoid_contrastive_ring(
   `jax.lax.ppermute`, `n - 1` times, scoring each received chunk as
   negatives. The sums of `-log_sigmoid(label * logit)` are `psum`-ed and
   divided by the global batch size, so value and gradient equal
-  `sigmoid_contrastive` on the global batch. The backward pass (a custom VJP)
-  runs the ring again, each chunk's gradient travelling with it and returning
-  to its owner after `n` hops, so nothing grows with the device count.
+  `sigmoid_contrastive` on the global batch.
 
-  Memory per device: `B_local x B_local` float32 blocks, plus the chunk in
-  flight (`B_local x D`, and its float32 gradient in the backward pass). The
-  forward pass reuses one block; in the backward pass XLA:CPU keeps three block
-  intermediates live (3.75 blocks in all, measured by
-  experiments/benchmarks/loss_memory.py), independent of the device count.
+  Under differentiation (a custom VJP) the same single pass of the ring also
+  computes the gradient: each chunk's gradient travels with the chunk,
+  collects every device's share, and takes one last hop home. Every block is
+  scored once, not once forward and again backward, and nothing grows with
+  the device count.
+
+  Memory per device: each `B_local x B_local` block is scored in tiles of
+  `tile_rows` image rows, so the largest intermediates are a few
+  `[tile_rows, B_local]` float32 tiles; add the chunk in flight and its
+  gradient (`[B_local, D]` each). experiments/benchmarks/loss_memory.py
+  measures the total against one `B_local x B_local` float32 block.
 
   Args:
     zimg: this device's L2-normalised image embeddings, `[B_local, D]` float.
@@ -239,6 +319,9 @@ def sigmoid_contrastive_ring(
     axis_name: the mesh axis, or tuple of axes, the batch is sharded over; a
       tuple makes one ring over the flattened combination. Global batch
       `B = B_local * prod(axis sizes)`.
+    tile_rows: image rows scored at once, at most; the largest divisor of
+      `B_local` not above it is used. None means `DEFAULT_TILE_ROWS`. Fewer
+      rows save memory, more give the matmuls more work per call.
 
   Returns:
     float32 scalar loss, identical on every device. Reverse-mode
@@ -254,5 +337,6 @@ def sigmoid_contrastive_ring(
   ztxt = jnp.asarray(ztxt)
   contrastive._check_pair(zimg, ztxt, same_batch=True)  # pylint: disable=protected-access
   global_batch = zimg.shape[0] * jax.lax.axis_size(axes)
-  total = _ring_sum(zimg, ztxt, jnp.asarray(scale), jnp.asarray(bias), axes)
+  rows = _tile_rows(zimg.shape[0], tile_rows)
+  total = _ring_sum(zimg, ztxt, jnp.asarray(scale), jnp.asarray(bias), axes, rows)
   return jax.lax.psum(total, axes) / global_batch

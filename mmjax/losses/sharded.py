@@ -125,6 +125,7 @@ def sharded_sigmoid_contrastive(
     *,
     mesh: jax.sharding.Mesh,
     batch_axes: AxisNames = ("data", "fsdp"),
+    tile_rows: int | None = None,
 ) -> Array:
   """Computes `sigmoid_contrastive` on global arrays via the ring form.
 
@@ -132,9 +133,11 @@ def sharded_sigmoid_contrastive(
   sharded over `batch_axes` and everything replicated over the other mesh
   axes. Works eagerly or under `jax.jit`.
 
-  Memory per device: a few `B_local x B_local` float32 blocks (3.75 measured on
-  XLA:CPU for value and gradient), where `B_local = B / prod(batch axis sizes)`;
-  independent of the device count at fixed B_local.
+  Memory per device: a few `[tile_rows, B_local]` float32 tiles and
+  `[B_local, D]` chunks, where `B_local = B / prod(batch axis sizes)`: 1.88
+  `B_local x B_local` blocks for value and gradient at B_local = 2048,
+  D = 512 on XLA:CPU (experiments/benchmarks/loss_memory.py), independent of
+  the device count at fixed B_local.
 
   Args:
     zimg: global image embeddings, `[B, D]` float.
@@ -143,6 +146,7 @@ def sharded_sigmoid_contrastive(
     bias: scalar logit bias.
     mesh: the device mesh.
     batch_axes: the mesh axes the batch is sharded over (name or tuple).
+    tile_rows: image rows scored at once; see `sigmoid_contrastive_ring`.
 
   Returns:
     float32 scalar loss, equal to `sigmoid_contrastive(zimg, ztxt, scale,
@@ -152,7 +156,8 @@ def sharded_sigmoid_contrastive(
     ValueError: `B` is not divisible by the number of devices on the batch
       axes, or a batch axis is not in the mesh (before anything is traced).
   """
-  return _sharded(sigmoid_contrastive_ring, mesh, batch_axes, zimg, ztxt, scale, bias)
+  ring = functools.partial(sigmoid_contrastive_ring, tile_rows=tile_rows)
+  return _sharded(ring, mesh, batch_axes, zimg, ztxt, scale, bias)
 
 
 # ---------------------------------------------------------------------------

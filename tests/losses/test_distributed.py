@@ -107,6 +107,32 @@ def test_ring_holds_one_local_block(batch):
   assert all(int(r) <= local for r, _ in shapes), shapes
 
 
+def test_ring_tiles_match_and_never_form_the_block(batch, reference):
+  # B_local = 4 on 4 devices; tile_rows=3 is not a divisor, so tiles of 2
+  # rows are used: two [2, 4] tiles per block, never the [4, 4] block.
+  mesh = jax.make_mesh((4, 1, 1), AXES)
+  ring = lambda *a: sharded.sharded_sigmoid_contrastive(*a, mesh=mesh, tile_rows=3)
+  grad = jax.jit(jax.value_and_grad(ring, argnums=(0, 1, 2, 3))).lower(*batch).compile()
+  value, grads = grad(*batch)
+  _assert_matches([(value, grads)], [reference[1]])
+  shapes = set(re.findall(r"f32\[(\d+),(\d+)\]", grad.as_text()))
+  assert ("2", "4") in shapes and ("4", "4") not in shapes, shapes
+  # The value alone takes the primal path (no gradients carried round).
+  np.testing.assert_allclose(jax.jit(ring)(*batch), reference[1][0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("local, tile_rows, rows", [
+    (2048, None, distributed.DEFAULT_TILE_ROWS), (12, 5, 4), (7, 512, 7), (8, 8, 8)])
+def test_tile_rows_divide_the_local_batch(local, tile_rows, rows):
+  assert distributed._tile_rows(local, tile_rows) == rows  # pylint: disable=protected-access
+
+
+def test_tile_rows_must_be_positive(batch):
+  mesh = jax.make_mesh((2, 1, 1), AXES)
+  with pytest.raises(ValueError, match="tile_rows=0; use a positive"):
+    sharded.sharded_sigmoid_contrastive(*batch, mesh=mesh, tile_rows=0)
+
+
 def test_indivisible_batch_names_the_fix(batch):
   mesh = jax.make_mesh((8, 1, 1), AXES)
   zimg, ztxt, scale, bias = (x[:12] if x.ndim else x for x in batch)
