@@ -49,6 +49,7 @@ def initialize() -> None:
   - neither: a single process; nothing to do.
   """
   import os
+  import sys
 
   coordinator = os.environ.get("MMJAX_COORDINATOR")
   if coordinator:
@@ -61,10 +62,18 @@ def initialize() -> None:
                        f"sets all three): {e}") from e
     if not 0 <= pid < num:
       raise ValueError(f"MMJAX_PROCESS_ID={pid} is outside [0, MMJAX_NUM_PROCESSES={num}).")
+    timeout = int(os.environ.get("MMJAX_INIT_TIMEOUT", "300"))
     if os.environ.get("JAX_PLATFORMS") == "cpu":  # CPU collectives need gloo
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # If a process never arrives, the coordination service aborts the others
+    # from C++ (no Python exception to catch), so say beforehand what a
+    # timeout means and what to check.
+    print(f"mmjax: process {pid} of {num} joining {coordinator}; waits up to "
+          f"{timeout} s (MMJAX_INIT_TIMEOUT) for the others. A DEADLINE_EXCEEDED "
+          f"abort means not all {num} processes started with MMJAX_COORDINATOR="
+          f"{coordinator} and MMJAX_NUM_PROCESSES={num}.", file=sys.stderr, flush=True)
     jax.distributed.initialize(coordinator, num_processes=num, process_id=pid,
-                               initialization_timeout=120)
+                               initialization_timeout=timeout)
   elif os.environ.get("MMJAX_DISTRIBUTED") == "auto":
     jax.distributed.initialize()
   else:

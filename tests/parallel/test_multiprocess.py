@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -19,6 +20,12 @@ def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   return [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def _env(**extra):
@@ -78,3 +85,16 @@ def test_mismatched_process_id_is_rejected():
                MMJAX_PROCESS_ID="2"))
   assert out.returncode != 0
   assert "MMJAX_PROCESS_ID=2 is outside [0, MMJAX_NUM_PROCESSES=2)" in out.stderr
+
+
+def test_missing_process_fails_with_the_fix(tmp_path):
+  # Process 0 of 2, and no process 1: the join must fail within the timeout
+  # (not hang) and the log must say what to check.
+  out = subprocess.run(
+      [sys.executable, "-c", "from mmjax.parallel import multihost; multihost.initialize()"],
+      cwd=ROOT, capture_output=True, text=True, timeout=60,
+      env=_env(MMJAX_COORDINATOR=f"127.0.0.1:{_free_port()}", MMJAX_NUM_PROCESSES="2",
+               MMJAX_PROCESS_ID="0", MMJAX_INIT_TIMEOUT="3"))
+  assert out.returncode != 0
+  assert "not all 2 processes started with MMJAX_COORDINATOR=" in out.stderr
+  assert "DEADLINE_EXCEEDED" in out.stderr
