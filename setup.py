@@ -15,6 +15,9 @@ setuptools.setup(
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11.20",
         "tensorflow-datasets>=4.9.9",
+        # tensorflow-datasets imports it to build datasets but declares it only
+        # for Python < 3.9 (tensorflow/datasets#11212).
+        "importlib_resources",
         "grain>=0.2.12",
         "sentencepiece>=0.2.0",
         "ml_collections>=1.1.0",
