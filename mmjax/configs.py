@@ -52,7 +52,16 @@ def base() -> ml_collections.ConfigDict:
   c.data.image_size = 32
   c.data.context_length = 16  # shapes captions are <= 16 tokens with EOS
   c.data.vocab_size = 256
-  c.data.prefetch = 2         # batches prepared ahead by a host thread
+  c.data.prefetch = 2         # batches prepared ahead (per worker)
+  c.data.num_workers = 0      # grain worker processes making batches; 0: a thread
+  # Prepared datasets (python -m mmjax.data.prepare) only:
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.crop_scale = (0.9, 1.0)  # random-resized-crop area range (train)
+  c.data.flip = False         # captions say left and right: flipping would lie
+  # A sentencepiece .model to use; empty: train one on the train captions and
+  # keep it with the dataset (shapes: in workdir/tokenizer).
+  c.data.tokenizer = ""
 
   c.model = ml_collections.ConfigDict()
   c.model.image = ml_collections.ConfigDict(dict(
@@ -79,10 +88,36 @@ def base() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 500     # images (and captions) encoded per call
-  c.eval.num_images = 1000    # the shapes test split: 1,000 images x 5 captions
+  c.eval.num_images = 1000    # first N test images (-1: all); shapes has 1,000 x 5 captions
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 2
+  return c
+
+
+def vit_b16_on_prepared_data(name: str):
+  """base() with a ViT-B/16 image tower at 224 px reading prepared dataset `name`.
+
+  The shared part of the realistic experiments (experiments/coco_siglip.py,
+  experiments/flickr30k_clip.py): bfloat16 compute, rematerialised blocks,
+  8 grain workers, retrieval on the whole test split every 250 of 1,000
+  steps. The text tower, loss, batch and optimizer are the experiment's.
+  """
+  c = base()
+  c.data.name = name
+  c.data.image_size = 224
+  c.data.num_workers = 8
+  c.model.image = ml_collections.ConfigDict(dict(
+      kind="vit", patch_size=16, width=768, depth=12, num_heads=12, pool="map",
+      stem="patch"))
+  c.model.remat = True
+  c.dtype = "bfloat16"
+  c.total_steps = 1000
+  c.log_every = 10
+  c.eval_every = 250
+  c.checkpoint_every = 250
+  c.optim.warmup_steps = 100
+  c.eval.num_images = -1
   return c
 
 
@@ -115,9 +150,18 @@ def validate(config, *, test_split_size: int | None = None) -> None:
                         f"set --config.{key}=N with N > 0.")
 
   for key in ("batch_size", "total_steps", "log_every", "eval.batch_size",
-              "eval.num_images", "data.image_size", "data.context_length",
+              "data.image_size", "data.context_length",
               "data.vocab_size", "model.embed_dim", "optim.grad_accum_steps"):
     positive_int(key)
+  if config.eval.num_images != -1:
+    positive_int("eval.num_images")
+  if config.data.get("num_workers", 0) < 0:
+    raise ConfigError(f"config.data.num_workers={config.data.num_workers} must be >= 0 "
+                      "(0 = a background thread).")
+  lo, hi = config.data.get("crop_scale", (1.0, 1.0))
+  if not 0 < lo <= hi <= 1:
+    raise ConfigError(f"config.data.crop_scale=({lo}, {hi}) must satisfy 0 < low <= high "
+                      "<= 1 (fractions of the image area); e.g. (0.9, 1.0).")
   for key in ("eval_every", "checkpoint_every"):
     value = _get(config, key)
     if not isinstance(value, int) or value < 0:
@@ -137,15 +181,11 @@ def validate(config, *, test_split_size: int | None = None) -> None:
   if config.dtype not in DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r}; choose one of {DTYPES}.")
 
-  n_eval = test_split_size if test_split_size is not None else config.eval.num_images
-  if config.eval.batch_size > n_eval:
-    raise ConfigError(
-        f"config.eval.batch_size={config.eval.batch_size} is larger than the test split "
-        f"({n_eval} images); set --config.eval.batch_size to at most {n_eval}.")
-  if config.eval.num_images > n_eval:
+  if test_split_size is not None and config.eval.num_images > test_split_size:
     raise ConfigError(
         f"config.eval.num_images={config.eval.num_images} but the test split holds "
-        f"{n_eval} images; set --config.eval.num_images to at most {n_eval}.")
+        f"{test_split_size} images; set --config.eval.num_images to at most "
+        f"{test_split_size}, or -1 for all.")
 
 
 # The experiment `python -m mmjax.train` runs when no --config is given.

@@ -7,7 +7,7 @@ text tower pools there), then padding; the padding mask is `tokens != pad_id`.
 import io
 import os
 import tempfile
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -52,11 +52,22 @@ class Tokenizer:
   """Encodes captions to fixed-length int32 rows: ids, EOS, then padding."""
 
   def __init__(self, path: str):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(
+          f"no sentencepiece model at {path}; point config.data.tokenizer at a "
+          "`.model` file, or leave it empty to train one on the captions.")
     self.path = path
     self._sp = spm.SentencePieceProcessor(model_file=path)
     if self._sp.pad_id() < 0 or self._sp.eos_id() < 0:
       raise ValueError(f"{path} has no pad or eos piece; train it with "
                        "mmjax.data.tokenizer.train_sentencepiece.")
+
+  def __getstate__(self):
+    # Pickled by path (grain sends the tokenizer to its worker processes).
+    return {"path": self.path}
+
+  def __setstate__(self, state):
+    self.__init__(state["path"])
 
   @property
   def vocab_size(self) -> int:
@@ -121,4 +132,16 @@ def shapes_tokenizer(cache_dir: str, vocab_size: int = 256) -> Tokenizer:
   if not os.path.exists(path):
     from mmjax.data import shapes  # only needed to train
     train_sentencepiece(shapes.caption_corpus(20000), path, vocab_size, model_type="bpe")
+  return Tokenizer(path)
+
+
+def cached_tokenizer(path: str, sentences: Callable[[], Iterable[str]],
+                     vocab_size: int, model_type: str = "unigram") -> Tokenizer:
+  """Loads the model at `path`, training it on `sentences()` first if missing.
+
+  Training is deterministic and the write atomic, so processes that race to
+  train the same model all end up reading identical bytes.
+  """
+  if not os.path.exists(path):
+    train_sentencepiece(sentences(), path, vocab_size, model_type=model_type)
   return Tokenizer(path)

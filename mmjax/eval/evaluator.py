@@ -36,6 +36,7 @@ def _replicated_like(params):
 def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
   """Applies fn to fixed-size batches of x (the last padded), so it compiles once."""
   n = len(x)
+  batch_size = min(batch_size, n)  # a split smaller than one batch: no padding
   out = []
   for start in range(0, n, batch_size):
     chunk = x[start:start + batch_size]

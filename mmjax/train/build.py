@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from mmjax import configs, losses
-from mmjax.data import pipeline, tokenizer as tokenizer_lib
+from mmjax.data import image_text, pipeline, tokenizer as tokenizer_lib
 from mmjax.losses import sharded
 from mmjax.models import two_tower
 from mmjax.parallel import mesh as mesh_lib
@@ -18,12 +18,16 @@ from mmjax.train import step as step_lib
 
 # What the two-tower model hands to the losses (see TwoTower.__call__).
 MODEL_OUTPUTS = ("zimg", "ztxt", "scale", "bias", "logits")
+# Train images whose captions train a dataset's tokenizer (evenly spaced):
+# enough for a 32k vocabulary, and reading them takes seconds, not an epoch.
+TOKENIZER_IMAGES = 100_000
 
 
 def check(config) -> dict[str, float]:
   """Validates the whole config before anything is compiled; returns the loss terms."""
-  configs.validate(config, test_split_size=pipeline.TEST_IMAGES)
+  configs.validate(config)
   pipeline.check_data_config(config.data)
+  configs.validate(config, test_split_size=pipeline.test_split_size(config.data))
   terms = losses.from_config(config.loss)
   for name in terms:
     losses.get(name)  # unknown names fail here, listing the known ones
@@ -63,9 +67,26 @@ def loss_fn(config, terms: dict[str, float], mesh: jax.sharding.Mesh):
 
 
 def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer:
-  """The shapes tokenizer, trained on first use and cached in `workdir/tokenizer`."""
-  return tokenizer_lib.shapes_tokenizer(os.path.join(workdir, "tokenizer"),
-                                        vocab_size=config.data.vocab_size)
+  """The run's tokenizer: config.data.tokenizer if given, else one trained once.
+
+  Shapes: trained on its captions, cached in `workdir/tokenizer`. A prepared
+  dataset: trained on its train captions and kept with the dataset, so every
+  run on it shares one vocabulary.
+  """
+  if config.data.tokenizer:
+    return tokenizer_lib.Tokenizer(config.data.tokenizer)
+  if config.data.name == "shapes":
+    return tokenizer_lib.shapes_tokenizer(os.path.join(workdir, "tokenizer"),
+                                          vocab_size=config.data.vocab_size)
+  data = config.data
+  directory = image_text.dataset_dir(data.data_dir, data.name)
+  if not os.access(directory, os.W_OK):  # a read-only dataset: keep it with the run
+    directory = os.path.join(workdir, "tokenizer")
+  path = os.path.join(directory, f"sentencepiece_{data.vocab_size}.model")
+  return tokenizer_lib.cached_tokenizer(
+      path, lambda: image_text.train_captions(data.data_dir, data.name,
+                                              limit=TOKENIZER_IMAGES),
+      data.vocab_size)
 
 
 def model(config, tok: tokenizer_lib.Tokenizer) -> two_tower.TwoTower:

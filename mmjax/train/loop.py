@@ -114,9 +114,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
              mininterval=1.0, disable=not primary)
   meter, window = _Throughput(), []
+  bad_records = 0  # unreadable records replaced by the pipeline (this process)
   try:
     for step in range(start + 1, total + 1):
-      batch = multihost.global_batch(next(batches), batch_sharding, config.batch_size)
+      local = next(batches)
+      bad_records += int(local.pop("bad_records", 0))
+      batch = multihost.global_batch(local, batch_sharding, config.batch_size)
       state, m = compiled(state, batch)
       # Reading the loss waits for this step only; the prefetch thread has the next
       # batch ready, so the check costs no throughput and no bad state is ever saved.
@@ -138,6 +141,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         row["train/loss"] = loss if len(window) == 1 else row["train/loss"]
         row["perf/steps_per_sec"] = meter.steps / secs
         row["perf/examples_per_sec"] = meter.steps * config.batch_size / secs
+        row["data/bad_records"] = bad_records
         if step_flops:
           row["perf/step_flops"] = step_flops
           row["perf/flops_fraction"] = step_flops * meter.steps / secs / peak
@@ -162,6 +166,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         meter.pause(time.perf_counter() - t0)
   finally:
     bar.close()
+    if hasattr(batches, "close"):  # stops grain's worker processes
+      batches.close()
     mngr.wait_until_finished()
     writer.close()
 

@@ -63,7 +63,8 @@ def tok(tmp_path_factory):
 @pytest.fixture(scope="module")
 def batches(tok):
   config = _config()
-  return [pipeline.shapes_batch(config, tok, s) for s in range(STEPS)]
+  make = pipeline.batch_maker(config, tok)
+  return [make(s) for s in range(STEPS)]
 
 
 @pytest.fixture(scope="module")
