@@ -1,0 +1,282 @@
+"""Warm start and freezing: params from another run's checkpoint, selected by path.
+
+Params are named by their '/'-joined path in the params pytree, e.g.
+"image_tower/encoder/block0/mlp/fc1/kernel". Patterns are regular expressions
+that must match a whole name (`re.fullmatch`, as big_vision's schedules and
+masks do): "image_tower/.*" is the image encoder, "image_.*" the encoder and its
+projection into the shared space, and a pattern cannot select a param by
+accident because some substring of its name happens to match.
+
+  python -m mmjax.train --config experiments/shapes_lit.py --workdir runs/lit \
+      --config.init.checkpoint=runs/siglip
+
+(shapes_lit sets init.include and optim.freeze to the image tower and its
+projection; any experiment can, e.g. --config.optim.freeze='("image_.*",)'.)
+"""
+
+import os
+import re
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+# The item a step directory keeps the TrainState in: "state" in the Composite
+# layout (state, data iterator, config side by side), "default" where the
+# CheckpointManager saved one unnamed item.
+STATE_ITEMS = ("state", "default")
+# Written by orbax's PyTree handler into every pytree item directory.
+_PYTREE_METADATA = "_METADATA"
+
+
+def path_name(keypath) -> str:
+  """A jax key path as a '/'-joined name: (DictKey('a'), DictKey('b')) -> "a/b"."""
+  parts = []
+  for key in keypath:
+    if isinstance(key, jax.tree_util.DictKey):
+      parts.append(str(key.key))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      parts.append(key.name)
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      parts.append(str(key.idx))
+    else:
+      parts.append(str(getattr(key, "key", key)))
+  return "/".join(parts)
+
+
+def named_leaves(tree) -> dict[str, Any]:
+  """{'/'-joined path: leaf} for every leaf of `tree`, in flattening order."""
+  return {path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _top_level(names) -> list[str]:
+  return sorted({n.split("/")[0] for n in names})
+
+
+def matching(names: Sequence[str], patterns: Sequence[str], what: str) -> set[str]:
+  """The names that fully match at least one pattern.
+
+  Raises ValueError if a pattern matches no name: a typo would otherwise warm
+  start or freeze nothing, silently. `what` names the setting in that message.
+  """
+  compiled = [(p, re.compile(p)) for p in patterns]
+  chosen, unused = set(), []
+  for pattern, regex in compiled:
+    hits = {n for n in names if regex.fullmatch(n)}
+    if not hits:
+      unused.append(pattern)
+    chosen |= hits
+  if unused:
+    raise ValueError(
+        f"{what}: pattern(s) {unused} match no parameter. Patterns are regexes "
+        "matching the whole '/'-joined path (re.fullmatch), e.g. 'image_tower/.*'. "
+        f"Top-level paths: {_top_level(names)}.")
+  return chosen
+
+
+def frozen_mask(params, patterns: Sequence[str], what: str = "config.optim.freeze"):
+  """A pytree like `params` of Python bools: True where the param is frozen.
+
+  patterns: regexes over '/'-joined paths (whole match); () freezes nothing. A
+    pattern matching no param raises ValueError (`what` names the setting).
+  """
+  frozen = matching(list(named_leaves(params)), patterns, what) if patterns else set()
+  return jax.tree_util.tree_map_with_path(lambda p, _: path_name(p) in frozen, params)
+
+
+class MergeReport(NamedTuple):
+  """What `merge` copied: `tensors` leaves holding `params` numbers, by name."""
+
+  tensors: int
+  params: int
+  names: tuple[str, ...]
+
+
+def _place_like(value: np.ndarray, like):
+  """`value` on the devices and sharding of `like` when that is a jax.Array.
+
+  make_array_from_callback, rather than device_put, because each process holds
+  the whole host array but may address only some of the sharding's devices.
+  """
+  if isinstance(like, jax.Array):
+    return jax.make_array_from_callback(value.shape, like.sharding, lambda idx: value[idx])
+  return value
+
+
+def merge(params, source_params, include: Sequence[str]):
+  """Replaces the leaves of `params` whose name matches `include` by the source's.
+
+  Args:
+    params: the pytree to start from (e.g. fresh params); unmatched leaves are
+      returned as they are (the same objects).
+    source_params: a pytree of host arrays (e.g. from `load_params`).
+    include: regexes over '/'-joined paths, each matching a whole name
+      (re.fullmatch); (".*",) takes everything.
+
+  Returns:
+    (params, MergeReport). Copied leaves are placed like the leaves they replace.
+
+  Raises:
+    ValueError: a pattern matches no leaf of `params` (lists the top-level
+      paths), or a matched leaf is missing from the source or differs in shape
+      or dtype (lists every such path with both shapes).
+  """
+  target = named_leaves(params)
+  source = named_leaves(source_params)
+  chosen = matching(list(target), include, "config.init.include")
+  problems = []
+  for name in sorted(chosen):
+    t = target[name]
+    s = source.get(name)
+    if s is None:
+      problems.append(f"  {name}: {tuple(np.shape(t))} {np.dtype(t.dtype)} here, "
+                      "missing from the checkpoint")
+    elif np.shape(s) != np.shape(t) or np.dtype(s.dtype) != np.dtype(t.dtype):
+      problems.append(f"  {name}: {tuple(np.shape(t))} {np.dtype(t.dtype)} here, "
+                      f"{tuple(np.shape(s))} {np.dtype(s.dtype)} in the checkpoint")
+  if problems:
+    raise ValueError(
+        f"warm start: {len(problems)} of the {len(chosen)} params matching "
+        f"{list(include)} do not fit (the checkpoint's model differs: match the "
+        "model config of the source run, or narrow config.init.include):\n"
+        + "\n".join(problems))
+
+  def one(keypath, leaf):
+    name = path_name(keypath)
+    return _place_like(np.asarray(source[name]), leaf) if name in chosen else leaf
+
+  merged = jax.tree_util.tree_map_with_path(one, params)
+  count = sum(int(np.prod(np.shape(target[n]))) for n in chosen)
+  return merged, MergeReport(len(chosen), count, tuple(sorted(chosen)))
+
+
+class Source(NamedTuple):
+  """The pytree item holding a TrainState, and its step (None if not known)."""
+
+  item_dir: str
+  step: int | None
+
+
+def _is_item(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, _PYTREE_METADATA))
+
+
+def _step_item(step_dir: str) -> str | None:
+  for name in STATE_ITEMS:
+    if _is_item(os.path.join(step_dir, name)):
+      return os.path.join(step_dir, name)
+  return step_dir if _is_item(step_dir) else None
+
+
+def _step_of(item_dir: str) -> int | None:
+  """The step of an item folder, from its step folder's name (None if not numeric)."""
+  step_dir = (os.path.dirname(item_dir) if os.path.basename(item_dir) in STATE_ITEMS
+              else item_dir)
+  name = os.path.basename(step_dir)
+  return int(name) if name.isdigit() else None
+
+
+def resolve(source: str, step: int | None = None) -> Source:
+  """Where the TrainState of `source` is on disk.
+
+  source: a run's workdir (its `checkpoints/` is read), a CheckpointManager
+    directory, one step directory in it (either layout: the state in a
+    "state" or "default" item folder), or such an item folder itself.
+  step: the step to read from a workdir or manager directory; None: the latest.
+  """
+  source = os.path.abspath(source)
+  if not os.path.isdir(source):
+    raise FileNotFoundError(
+        f"warm start: {source} does not exist; give a run's workdir, its "
+        "checkpoints/ folder or one step folder in it.")
+  item = _step_item(source)
+  if item is not None:
+    found = _step_of(item)
+    if step is not None and found is not None and step != found:
+      raise ValueError(f"warm start: asked for step {step} but {source} is the "
+                       f"checkpoint of step {found}; give the workdir to choose a step.")
+    return Source(item, found)
+  checkpoints = os.path.join(source, "checkpoints")
+  directory = checkpoints if os.path.isdir(checkpoints) else source
+  # Finalized steps only: orbax's own listing skips a save still in progress
+  # (a temporary folder, or on object stores one without its commit marker).
+  steps = sorted(ocp.utils.checkpoint_steps(directory))
+  if not steps:
+    raise FileNotFoundError(f"warm start: no checkpoint in {directory}.")
+  chosen = steps[-1] if step is None else step
+  if chosen not in steps:
+    raise FileNotFoundError(f"warm start: no checkpoint of step {step} in {directory}; "
+                            f"it holds steps {steps}.")
+  step_dir = os.path.join(directory, str(chosen))
+  item = _step_item(step_dir)
+  if item is None:
+    raise ValueError(f"warm start: {step_dir} holds no train state (no {STATE_ITEMS} "
+                     "item); is it a checkpoint of mmjax.train?")
+  return Source(item, chosen)
+
+
+def load_params(source: str, step: int | None = None) -> dict:
+  """The params of another run's checkpoint, as host numpy arrays.
+
+  Reads only the "params" subtree of the saved TrainState (orbax partial
+  restore): the optimizer state, twice the size of the params under Adam, is
+  never read. See `resolve` for what `source` and `step` may be.
+  """
+  item_dir = resolve(source, step).item_dir
+  handler = ocp.PyTreeCheckpointHandler()
+  tree = handler.metadata(epath.Path(item_dir)).tree
+  if not isinstance(tree, dict) or "params" not in tree:
+    keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+    raise ValueError(f"warm start: {item_dir} holds {keys}, not a train state "
+                     "with 'params'.")
+  item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                 tree["params"])}
+  # Host arrays: the caller places them (merge puts each where the leaf it
+  # replaces lives), so the source run's mesh does not matter.
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  with ocp.Checkpointer(handler) as checkpointer:
+    restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  return restored["params"]
+
+
+def _millions(n: int) -> str:
+  return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
+
+
+def apply(config, params):
+  """`params` with config.init.include taken from config.init.checkpoint.
+
+  A no-op when config.init.checkpoint is "" (or the config has no `init`); an
+  error naming the key when it is an unset placeholder (None), which is how an
+  experiment that needs a warm start (experiments/shapes_lit.py) says so.
+  Called on a fresh state's params, before the first step; not on resume,
+  where the run's own checkpoint already holds the warm-started params.
+
+  params: pytree of arrays (e.g. `state.params`); copied leaves are placed with
+  the sharding of the leaves they replace.
+  """
+  init = config.get("init")
+  if init is None or init.get("checkpoint", "") == "":
+    return params
+  if init.checkpoint is None:
+    raise ValueError(
+        "config.init.checkpoint is required by this experiment: set "
+        "--config.init.checkpoint to the workdir of the run to start from (e.g. "
+        "runs/siglip), or to '' to train without a warm start.")
+  if not os.path.isdir(init.checkpoint):
+    raise FileNotFoundError(
+        f"config.init.checkpoint={init.checkpoint!r} does not exist; set it to the "
+        "workdir of an earlier run (e.g. --config.init.checkpoint=runs/siglip), one "
+        "step folder of its checkpoints/, or '' for no warm start.")
+  step = None if init.get("step", -1) == -1 else init.step
+  where = resolve(init.checkpoint, step)
+  include = tuple(init.get("include", (".*",)))
+  merged, report = merge(params, load_params(where.item_dir), include)
+  if jax.process_index() == 0:
+    print(f"warm start: {report.tensors} tensors ({_millions(report.params)} params) "
+          f"from {init.checkpoint} step {where.step} matching {list(include)}",
+          flush=True)
+  return merged
