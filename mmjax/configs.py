@@ -7,6 +7,7 @@ with a message that names the key and the fix, not an hour later inside XLA.
 
 import math
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -90,8 +91,27 @@ def base() -> ml_collections.ConfigDict:
   c.eval.batch_size = 500     # images (and captions) encoded per call
   c.eval.num_images = 1000    # first N test images (-1: all); shapes has 1,000 x 5 captions
 
+  # Warm start (LiT): before step 0 of a fresh run (not on resume), the params
+  # matching init.include are copied from another run's checkpoint.
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = ""      # that run's workdir or one step folder; "": no warm start
+  c.init.step = -1            # -1: its latest checkpoint
+  c.init.include = (".*",)    # regexes matching whole '/'-joined param paths
+  # Params kept fixed (no update, no decay, no Adam moments), same regexes:
+  # ("image_.*",) locks the image tower and its projection, as LiT does.
+  c.optim.freeze = ()
+
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.keep = 2
+  c.checkpoint.keep = 2       # the last K checkpoints...
+  c.checkpoint.keep_every = 0  # ...and every multiple of M steps (milestones); 0: none
+
+  # Resuming a workdir whose checkpoint was written with a different config
+  # (beyond run-time settings, see RUNTIME_KEYS) is refused unless allowed.
+  c.resume = ml_collections.ConfigDict()
+  c.resume.allow_changes = False
+  # Consecutive steps with a non-finite loss or gradient (each skipped, its
+  # update dropped) before the run rolls back to its last checkpoint.
+  c.max_bad_steps = 5
   return c
 
 
@@ -121,6 +141,44 @@ def vit_b16_on_prepared_data(name: str):
   return c
 
 
+# Keys that may differ between a checkpoint's config and the resuming run's:
+# they change when and how the run reports and where it reads, not what it
+# computes. A key matches if it equals an entry or lies under one.
+RUNTIME_KEYS = ("log_every", "eval_every", "checkpoint_every", "checkpoint", "eval",
+                "resume", "max_bad_steps", "mesh", "init", "data.num_workers",
+                "data.prefetch", "data.data_dir")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}; tuples become lists (as JSON has them)."""
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def diff(saved: dict, current: dict) -> list[str]:
+  """Lines "key: saved -> current" for every non-run-time key that differs.
+
+  saved, current: nested dicts (`config.to_dict()` or its JSON round trip).
+  """
+  runtime = lambda k: any(k == r or k.startswith(r + ".") for r in RUNTIME_KEYS)
+  a, b = flatten(saved), flatten(current)
+  missing = object()
+  lines = []
+  for key in sorted(a.keys() | b.keys()):
+    old, new = a.get(key, missing), b.get(key, missing)
+    if runtime(key) or old == new:
+      continue
+    show = lambda v: "(absent)" if v is missing else repr(v)
+    lines.append(f"  {key}: {show(old)} -> {show(new)}")
+  return lines
+
+
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and the fix."""
 
@@ -133,6 +191,23 @@ def _get(config, dotted: str) -> Any:
                         "(start the experiment from mmjax.configs.base()).")
     node = node[part]
   return node
+
+
+def _check_patterns(patterns, key: str, allow_empty: bool) -> None:
+  """A tuple of regexes over '/'-joined param paths; ConfigError naming a bad one."""
+  example = "--config." + key + "='(\"image_tower/.*\",)'"
+  if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+    raise ConfigError(f"config.{key}={patterns!r} must be a tuple of regexes, "
+                      f"e.g. {example}.")
+  if not patterns and not allow_empty:
+    raise ConfigError(f"config.{key} is empty, so nothing would be selected; give "
+                      f"(\".*\",) for every param, or e.g. {example}.")
+  for pattern in patterns:
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(f"config.{key} pattern {pattern!r} is not a valid regex "
+                        f"({e}); e.g. {example}.") from None
 
 
 def validate(config, *, test_split_size: int | None = None) -> None:
@@ -151,7 +226,8 @@ def validate(config, *, test_split_size: int | None = None) -> None:
 
   for key in ("batch_size", "total_steps", "log_every", "eval.batch_size",
               "data.image_size", "data.context_length",
-              "data.vocab_size", "model.embed_dim", "optim.grad_accum_steps"):
+              "data.vocab_size", "model.embed_dim", "optim.grad_accum_steps",
+              "checkpoint.keep", "max_bad_steps"):
     positive_int(key)
   if config.eval.num_images != -1:
     positive_int("eval.num_images")
@@ -162,7 +238,7 @@ def validate(config, *, test_split_size: int | None = None) -> None:
   if not 0 < lo <= hi <= 1:
     raise ConfigError(f"config.data.crop_scale=({lo}, {hi}) must satisfy 0 < low <= high "
                       "<= 1 (fractions of the image area); e.g. (0.9, 1.0).")
-  for key in ("eval_every", "checkpoint_every"):
+  for key in ("eval_every", "checkpoint_every", "checkpoint.keep_every"):
     value = _get(config, key)
     if not isinstance(value, int) or value < 0:
       raise ConfigError(f"config.{key}={value!r} must be an integer >= 0 (0 = at the end).")
@@ -180,6 +256,18 @@ def validate(config, *, test_split_size: int | None = None) -> None:
 
   if config.dtype not in DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r}; choose one of {DTYPES}.")
+
+  # Warm start and freezing: the patterns compile and the step is a step. The
+  # checkpoint's existence is checked when it is read (warm_start.apply), so a
+  # config can be validated on a machine that does not hold it.
+  init = config.get("init")
+  if init is not None:
+    step = init.get("step", -1)
+    if not isinstance(step, int) or isinstance(step, bool) or step < -1:
+      raise ConfigError(f"config.init.step={step!r} must be a step number >= 0, or -1 "
+                        "for the latest checkpoint.")
+    _check_patterns(init.get("include", (".*",)), "init.include", allow_empty=False)
+  _check_patterns(config.optim.get("freeze", ()), "optim.freeze", allow_empty=True)
 
   if test_split_size is not None and config.eval.num_images > test_split_size:
     raise ConfigError(

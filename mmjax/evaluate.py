@@ -32,10 +32,11 @@ def evaluate_workdir(config, workdir: str) -> dict:
   tx, _ = state_lib.optimizer(config)
   # Restored straight into the layout of this run's mesh, whatever mesh trained it.
   shardings = build.state_shardings(config, model, tx, build.mesh(config))
-  state = checkpoint.restore(checkpoint.manager(workdir, read_only=True),
-                             build.abstract_state(config, model, tx, shardings))
-  if state is None:
+  restored = checkpoint.restore_latest(checkpoint.manager(workdir, read_only=True),
+                                      build.abstract_state(config, model, tx, shardings))
+  if restored is None:
     raise FileNotFoundError(f"{ckpt_dir} holds no complete checkpoint; train first.")
+  state = restored.state
   result = evaluator.evaluate(model, state.params, pipeline.test_data(config, tok),
                               config.eval.batch_size)
   result["step"] = int(state.step)

@@ -83,3 +83,10 @@ def initialize() -> None:
     raise ValueError(f"joined a job of {jax.process_count()} processes but "
                      f"MMJAX_NUM_PROCESSES={expected}; start that many processes with the "
                      "same MMJAX_COORDINATOR.")
+
+
+def sync(name: str) -> None:
+  """Waits until every process reaches this point (a no-op for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)

@@ -15,6 +15,7 @@ from mmjax.parallel import mesh as mesh_lib
 from mmjax.parallel import partitioning
 from mmjax.train import state as state_lib
 from mmjax.train import step as step_lib
+from mmjax.train import warm_start
 
 # What the two-tower model hands to the losses (see TwoTower.__call__).
 MODEL_OUTPUTS = ("zimg", "ztxt", "scale", "bias", "logits")
@@ -141,8 +142,11 @@ def train_step(config, model, tx, lr_schedule, loss, mesh: jax.sharding.Mesh,
                shardings):
   """The jitted step: state sharded as `shardings`, batch over the batch axes,
   metrics replicated; the input state is donated (updated in place)."""
+  frozen = None
+  if config.optim.freeze:
+    frozen = warm_start.frozen_mask(shardings.params, config.optim.freeze)
   step = step_lib.make_train_step(model, tx, loss, lr_schedule,
-                                  config.optim.grad_accum_steps)
+                                  config.optim.grad_accum_steps, frozen=frozen)
   return jax.jit(step,
                  in_shardings=(shardings, partitioning.batch_sharding(mesh)),
                  out_shardings=(shardings, partitioning.replicated(mesh)),

@@ -1,6 +1,5 @@
 """The training loop: data -> jitted step -> metrics, evaluation, checkpoints."""
 
-import math
 import os
 import time
 
@@ -11,26 +10,13 @@ from tqdm import tqdm
 from mmjax.data import pipeline
 from mmjax.eval import evaluator, retrieval
 from mmjax.parallel import multihost, partitioning
-from mmjax.train import build, checkpoint, metrics as metrics_lib, perf
+from mmjax.train import build, checkpoint, faults, metrics as metrics_lib, perf
 from mmjax.train import state as state_lib
+from mmjax.train import warm_start
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; the run stopped without saving that state."""
-
-
-def check_workdir(workdir: str) -> None:
-  """Fails now, not after hours of training, if `workdir` cannot be written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    # One probe per process: processes sharing a workdir must not race on one file.
-    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise OSError(f"cannot write to workdir {workdir!r} ({e.strerror}); choose a "
-                  "writable --workdir with free space.") from e
 
 
 def _is_primary() -> bool:
@@ -62,13 +48,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
   Writes metrics.jsonl, eval.json, config.json, checkpoints/, tensorboard/ and
-  curves.png in `workdir`. Returns the last evaluation (retrieval metrics + step).
+  curves.png in `workdir`. Returns the last evaluation (retrieval metrics +
+  step), or {"preempted": True, "step": s} after a SIGTERM made it save step s
+  and stop.
   """
   terms = build.check(config)  # every config error surfaces before compiling
-  check_workdir(workdir)
+  faults.check_workdir(workdir)
   primary = _is_primary()
-  if primary:
-    metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   mesh = build.mesh(config)
   tok = build.tokenizer(config, workdir)
@@ -80,14 +66,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Restored or created directly in its sharded layout: no device ever holds the
   # whole state unless the rules replicate it.
-  mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-  state = checkpoint.restore(mngr, build.abstract_state(config, model, tx, shardings))
+  abstract = build.abstract_state(config, model, tx, shardings)
+  faults.check_free_space(workdir, faults.state_bytes(abstract), config.checkpoint.keep)
+  mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep,
+                            keep_every=config.checkpoint.keep_every)
+  state = _resume(mngr, abstract, config, workdir)
   if state is None:
     state = build.init_state(config, model, tx, shardings)
+    state = state.replace(params=warm_start.apply(config, state.params))
+  if primary:
+    metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   start = int(state.step)
   total = config.total_steps
-  if start:
-    print(f"Resuming from the checkpoint at step {start} in {workdir}.", flush=True)
 
   train_step = build.train_step(config, model, tx, lr_schedule, loss_fn, mesh, shardings)
   with partitioning.activate(mesh):  # the models' sharding constraints apply while tracing
@@ -97,7 +87,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step_flops = perf.compiled_flops(compiled)
   peak = perf.matmul_flops_per_sec()
   test = pipeline.test_data(config, tok)
-  writer = metrics_lib.MetricWriter(workdir, enabled=primary)
+  writer = metrics_lib.MetricWriter(workdir, enabled=primary, resume_step=start)
 
   def run_eval(step: int) -> dict:
     result = evaluator.evaluate(model, state.params, test, config.eval.batch_size)
@@ -108,6 +98,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   last_eval = None
   last_saved = start if start else None
+  bad_run, rolled_back = 0, False  # consecutive skipped steps; rolled back once yet?
+
+  def save(step: int) -> None:
+    checkpoint.save(mngr, step, state, {"next_step": step}, config.to_dict())
+
   # This process draws only the rows its devices hold, then they join the global batch.
   rows = multihost.process_rows(batch_sharding, config.batch_size)
   batches = pipeline.train_batches(config, tok, start, rows)
@@ -115,60 +110,85 @@ def train_and_evaluate(config, workdir: str) -> dict:
              mininterval=1.0, disable=not primary)
   meter, window = _Throughput(), []
   bad_records = 0  # unreadable records replaced by the pipeline (this process)
+  step = start
   try:
-    for step in range(start + 1, total + 1):
-      local = next(batches)
-      bad_records += int(local.pop("bad_records", 0))
-      batch = multihost.global_batch(local, batch_sharding, config.batch_size)
-      state, m = compiled(state, batch)
-      # Reading the loss waits for this step only; the prefetch thread has the next
-      # batch ready, so the check costs no throughput and no bad state is ever saved.
-      loss = float(m["train/loss"])
-      if not math.isfinite(loss):
-        saved = f"step {last_saved}" if last_saved is not None else "none yet"
-        raise NonFiniteLossError(
-            f"train/loss is {loss} at step {step}; training stopped. Last good checkpoint: "
-            f"{saved} in {os.path.join(workdir, 'checkpoints')} (kept intact). Lower "
-            "--config.optim.lr, lengthen --config.optim.warmup_steps or tighten "
-            "--config.optim.clip_norm, then rerun to resume from it.")
-      window.append(m)
-      meter.steps += 1
-      bar.update(1)
+    with faults.Preemption() as preemption:
+      while step < total:
+        step += 1
+        local = next(batches)
+        bad_records += int(local.pop("bad_records", 0))
+        batch = multihost.global_batch(local, batch_sharding, config.batch_size)
+        state, m = compiled(state, batch)
+        # Reading the flag waits for this step only; the pipeline has the next
+        # batch ready, so the check costs no throughput.
+        bad_run = bad_run + 1 if float(m["train/skipped"]) else 0
+        if bad_run >= config.max_bad_steps:
+          where = os.path.join(workdir, "checkpoints")
+          if rolled_back or last_saved is None:
+            raise NonFiniteLossError(_nonfinite_message(
+                m, step, bad_run, last_saved, where, rolled_back))
+          # One rollback: a transient fault (a bad host, a flipped bit) does not
+          # recur; a deterministic blow-up does, and then stops the run above.
+          checkpoint.wait(mngr)
+          restored = checkpoint.restore_latest(mngr, abstract)
+          state, step = restored.state, restored.step
+          print(f"{bad_run} consecutive non-finite steps; rolled back to the checkpoint "
+                f"of step {step}.", flush=True)
+          batches.close()
+          batches = pipeline.train_batches(config, tok, step, rows)
+          bar.reset(total=total)
+          bar.update(step)
+          bad_run, rolled_back, window = 0, True, []
+          meter.reset()
+          continue
+        window.append(m)
+        meter.steps += 1
+        bar.update(1)
 
-      if _every(step, config.log_every, total):
-        secs = meter.seconds()
-        row = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
-        row["train/loss"] = loss if len(window) == 1 else row["train/loss"]
-        row["perf/steps_per_sec"] = meter.steps / secs
-        row["perf/examples_per_sec"] = meter.steps * config.batch_size / secs
-        row["data/bad_records"] = bad_records
-        if step_flops:
-          row["perf/step_flops"] = step_flops
-          row["perf/flops_fraction"] = step_flops * meter.steps / secs / peak
-        writer.write(step, row)
-        bar.set_postfix(loss=f"{row['train/loss']:.4f}",
-                        ex_s=f"{row['perf/examples_per_sec']:.0f}")
-        window = []
-        meter.reset()
+        if _every(step, config.log_every, total):
+          secs = meter.seconds()
+          row = {k: float(np.mean([float(w[k]) for w in window])) for k in window[0]}
+          row["train/skipped_total"] = float(state.skipped)
+          row["perf/steps_per_sec"] = meter.steps / secs
+          row["perf/examples_per_sec"] = meter.steps * config.batch_size / secs
+          row["data/bad_records"] = bad_records
+          if step_flops:
+            row["perf/step_flops"] = step_flops
+            row["perf/flops_fraction"] = step_flops * meter.steps / secs / peak
+          writer.write(step, row)
+          bar.set_postfix(loss=f"{row['train/loss']:.4f}",
+                          ex_s=f"{row['perf/examples_per_sec']:.0f}")
+          window = []
+          meter.reset()
 
-      if _every(step, config.eval_every, total):
-        t0 = time.perf_counter()
-        last_eval = {**run_eval(step), "step": step}
-        bar.write(f"step {step}: " + "  ".join(
-            f"{k.replace('image_to_text', 'i2t').replace('text_to_image', 't2i')}={v:.3f}"
-            for k, v in last_eval.items() if "R@" in k))
-        meter.pause(time.perf_counter() - t0)
+        if _every(step, config.eval_every, total):
+          t0 = time.perf_counter()
+          last_eval = {**run_eval(step), "step": step}
+          bar.write(f"step {step}: " + "  ".join(
+              f"{k.replace('image_to_text', 'i2t').replace('text_to_image', 't2i')}={v:.3f}"
+              for k, v in last_eval.items() if "R@" in k))
+          meter.pause(time.perf_counter() - t0)
 
-      if _every(step, config.checkpoint_every, total):
-        t0 = time.perf_counter()
-        checkpoint.save(mngr, step, state)
-        last_saved = step
-        meter.pause(time.perf_counter() - t0)
+        # A step with skipped updates is still a consistent state (the update
+        # was dropped, not applied), so it may be saved.
+        if _every(step, config.checkpoint_every, total):
+          t0 = time.perf_counter()
+          save(step)
+          last_saved = step
+          meter.pause(time.perf_counter() - t0)
+
+        if preemption.should_stop(step):
+          if last_saved != step:
+            save(step)
+          checkpoint.wait(mngr)
+          bar.write(f"Stop requested (SIGTERM): saved step {step} in "
+                    f"{os.path.join(workdir, 'checkpoints')}; rerun the same command "
+                    "to continue.")
+          return {"preempted": True, "step": step}
   finally:
     bar.close()
-    if hasattr(batches, "close"):  # stops grain's worker processes
-      batches.close()
-    mngr.wait_until_finished()
+    batches.close()  # stops grain's worker processes
+    checkpoint.wait(mngr)
     writer.close()
 
   if last_eval is None:  # resumed at the end: evaluate what is there
@@ -177,3 +197,34 @@ def train_and_evaluate(config, workdir: str) -> dict:
     metrics_lib.plot_curves(workdir)
     print(retrieval.format_table(last_eval), flush=True)
   return last_eval
+
+
+def _resume(mngr, abstract, config, workdir: str):
+  """The state of the latest readable checkpoint (None if there is none),
+  after checking that this config may continue it."""
+  restored = checkpoint.restore_latest(mngr, abstract)
+  if restored is None:
+    return None
+  faults.check_resume_config(restored.config, config, workdir)
+  if restored.data.get("next_step", restored.step) != restored.step:
+    raise ValueError(f"checkpoint step {restored.step} in {workdir} records data "
+                     f"position {restored.data}; it is damaged, move it aside.")
+  newer = [s for s in mngr.all_steps() if s > restored.step]
+  if newer:  # unreadable ones, skipped with a warning: keep them for inspection
+    if _is_primary():
+      checkpoint.set_aside(mngr, restored.step)
+    multihost.sync("set aside unreadable checkpoints")
+    mngr.reload()
+  print(f"Resuming from the checkpoint at step {restored.step} in {workdir}.", flush=True)
+  return restored.state
+
+
+def _nonfinite_message(m, step, bad_run, last_saved, where, rolled_back) -> str:
+  loss, norm = float(m["train/loss"]), float(m["train/grad_norm"])
+  history = (f"after rolling back to step {last_saved}, it happened again"
+             if rolled_back else "there is no checkpoint to roll back to")
+  return (f"{bad_run} consecutive steps up to step {step} had a non-finite loss or "
+          f"gradient (loss {loss}, grad norm {norm}); their updates were skipped, and "
+          f"{history}. Training stopped; the checkpoints in {where} are intact. "
+          "Lower --config.optim.lr, lengthen --config.optim.warmup_steps or tighten "
+          "--config.optim.clip_norm, then rerun to resume.")

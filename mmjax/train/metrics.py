@@ -23,10 +23,20 @@ class MetricWriter:
   call sites need no `if process_index == 0`.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
+    """resume_step: the step the run restarts from. Rows logged after it by an
+    earlier, interrupted attempt are dropped (those steps will be logged again),
+    as is a line cut short by a kill, so the file holds one curve."""
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
+    if enabled and os.path.exists(self.path):
+      keep = [r for r in read_jsonl(self.path)
+              if resume_step is not None and r.get("step", 0) <= resume_step]
+      tmp = f"{self.path}.tmp"
+      with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in keep)
+      os.replace(tmp, self.path)
     if enabled:
       from tensorboardX import SummaryWriter  # imported lazily: writers only
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
@@ -47,10 +57,17 @@ class MetricWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
+  """The rows of a JSON-lines file; a line cut short (a killed writer) is skipped."""
   if not os.path.exists(path):
     return []
+  rows = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:
+        continue
+  return rows
 
 
 def write_json(path: str, obj) -> None:

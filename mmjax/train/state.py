@@ -8,14 +8,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mmjax.train import warm_start
+
 
 @flax.struct.dataclass
 class TrainState:
-  """step: [] int32; params and opt_state: pytrees of arrays."""
+  """step: [] int32, batches consumed; params and opt_state: pytrees of arrays;
+  skipped: [] int32, steps whose update was dropped for a non-finite loss or
+  gradient."""
 
   step: jax.Array
   params: Any
   opt_state: Any
+  skipped: jax.Array
 
 
 def schedule(optim_cfg, total_steps: int) -> optax.Schedule:
@@ -41,13 +46,28 @@ def decay_mask(params) -> Any:
 
 
 def optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with warmup + cosine schedule, global-norm clipping and a decay mask."""
+  """AdamW with warmup + cosine schedule, global-norm clipping and a decay mask.
+
+  Params matching config.optim.freeze (regexes over '/'-joined paths, see
+  `warm_start.frozen_mask`) get zero updates: no gradient step, no weight decay,
+  and no Adam moments (optax.multi_transform hands AdamW only the trainable
+  leaves). The clipping norm is over the trainable gradients only, so locking a
+  tower (LiT) does not shrink the updates of the other by the frozen one's
+  gradient norm. With nothing frozen the chain is the plain one, so the
+  optimizer state keeps the structure existing checkpoints were saved with.
+  """
   o = config.optim
   lr = schedule(o, config.total_steps)
   tx = optax.chain(
       optax.clip_by_global_norm(o.clip_norm) if o.clip_norm else optax.identity(),
       optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask),
   )
+  freeze = tuple(o.get("freeze", ()))
+  if freeze:
+    labels = lambda params: jax.tree.map(
+        lambda frozen: "frozen" if frozen else "trainable",
+        warm_start.frozen_mask(params, freeze))
+    tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, lr
 
 
@@ -76,4 +96,5 @@ def logical_specs(model: nn.Module, images, tokens):
 
 
 def create(params, tx: optax.GradientTransformation) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    skipped=jnp.zeros((), jnp.int32))

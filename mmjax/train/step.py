@@ -25,11 +25,14 @@ def _microbatches(x: jax.Array, k: int) -> jax.Array:
 
 
 def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
-                    lr_schedule: optax.Schedule, grad_accum_steps: int = 1):
+                    lr_schedule: optax.Schedule, grad_accum_steps: int = 1,
+                    frozen=None):
   """Returns train_step(state, batch) -> (state, metrics) for `jax.jit`.
 
   batch: {"image": [B, H, W, C] uint8, "text": [B, L] int32}.
-  metrics: float32 scalars, "train/loss" and one "train/loss/<term>" per term.
+  metrics: float32 scalars, "train/loss" and one "train/loss/<term>" per term,
+  "train/skipped" (1 when the update was dropped for a non-finite loss or
+  gradient), "train/grad_norm", "train/lr", "train/scale", "train/bias".
 
   grad_accum_steps = k > 1 splits the batch into k microbatches of B / k rows
   and averages their losses and gradients in a `lax.scan` before one optimizer
@@ -38,6 +41,11 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
   only the B / k - 1 negatives of its own microbatch (the standard trade-off of
   plain accumulation; the loss value is correspondingly lower). Losses that are
   means over independent examples are unchanged.
+
+  frozen: None or a pytree like the params of bools, True for params the
+  optimizer keeps fixed (config.optim.freeze). Their gradient is stopped in
+  the forward pass, so XLA skips the backward pass through a locked tower
+  (LiT) and "train/grad_norm" is the norm of the trainable gradients.
 
   Accumulation lives inside the step, rather than as `optax.MultiSteps` over k
   calls, so one step still consumes the global batch of (seed, step), state.step
@@ -48,6 +56,9 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
 
   def loss_and_grads(params, batch):
     def loss_of(params):
+      if frozen is not None:
+        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p,
+                              params, frozen)
       outputs = model.apply({"params": params}, batch["image"], batch["text"])
       total, terms = loss_fn(outputs)
       return total, {"terms": terms, "scale": outputs["scale"], "bias": outputs["bias"]}
@@ -68,17 +79,27 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
 
   def train_step(state: TrainState, batch):
     (loss, aux), grads = (accumulated if k > 1 else loss_and_grads)(state.params, batch)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # A non-finite loss or gradient drops this update (params and optimizer
+    # moments stay as they were) instead of poisoning the state; the loop
+    # counts such steps and rolls back when they persist.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    params = keep(params, state.params)
+    opt_state = keep(opt_state, state.opt_state)
     metrics = {
         "train/loss": loss,
-        "train/grad_norm": optax.tree.norm(grads),
+        "train/skipped": 1 - finite.astype(jnp.float32),
+        "train/grad_norm": grad_norm,
         "train/lr": lr_schedule(state.step),
         "train/scale": aux["scale"],
         "train/bias": aux["bias"],
         **{f"train/loss/{name}": value for name, value in aux["terms"].items()},
     }
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              skipped=state.skipped + 1 - finite.astype(jnp.int32))
     return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
   return train_step

@@ -2,13 +2,15 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.subprocesses import ROOT, child_env, write_config
+
 CONFIG = """
 from tests.train.conftest import tiny_config
 def get_config():
@@ -28,18 +30,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env(**extra):
-  env = {k: v for k, v in os.environ.items() if not k.startswith("MMJAX_")}
-  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **extra)
-  env.pop("XLA_FLAGS", None)  # each launch sets its own device count
-  return env
+_env = child_env
 
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
-  path = tmp_path_factory.mktemp("cfg") / "tiny_mp.py"
-  path.write_text(CONFIG)
-  return str(path)
+  return write_config(tmp_path_factory.mktemp("cfg"), "tiny_mp.py", CONFIG)
 
 
 def test_two_processes_match_one_process(config_file, tmp_path):
@@ -98,3 +94,34 @@ def test_missing_process_fails_with_the_fix(tmp_path):
   assert out.returncode != 0
   assert "not all 2 processes started with MMJAX_COORDINATOR=" in out.stderr
   assert "DEADLINE_EXCEEDED" in out.stderr
+
+
+def test_checkpoint_resumes_on_another_mesh_and_process_count(config_file, tmp_path):
+  """Saved at step 4 on mesh (2, 4, 1), 1 process x 8 devices; step 5 resumed on
+  (8, 1, 1) and on 2 processes x 4 devices gives the same loss."""
+  cmd = [sys.executable, "-m", "mmjax.train", f"--config={config_file}",
+         "--config.total_steps=5", "--config.log_every=1", "--config.checkpoint.keep=5"]
+  eight = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  source = str(tmp_path / "source")
+  out = subprocess.run([*cmd, "--config.mesh.data=2", "--config.mesh.fsdp=4",
+                        f"--workdir={source}"],
+                       cwd=ROOT, env=eight, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+  want = dict(_losses(source))[5]
+
+  def resume(name, launch, env):
+    workdir = str(tmp_path / name)
+    shutil.copytree(source, workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "5"))
+    out = subprocess.run([*launch, *cmd, "--config.mesh.fsdp=1", f"--workdir={workdir}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "Resuming from the checkpoint at step 4" in out.stdout + out.stderr
+    return dict(_losses(workdir))
+
+  one = resume("one_process", [], eight)
+  two = resume("two_processes", ["bash", "launch/cpu_multiprocess.sh", "2", "4"],
+               _env(MMJAX_LOG_DIR=str(tmp_path / "logs")))
+  assert sorted(one) == sorted(two) == [1, 2, 3, 4, 5]  # steps 1-4 kept, 5 redone
+  assert one[5] == pytest.approx(want, rel=1e-5)
+  assert two[5] == pytest.approx(want, rel=1e-5)

@@ -183,10 +183,10 @@ def test_checkpoint_restores_onto_another_mesh(runs, tmp_path):
   """Saved from (8, 1, 1), restored straight into the (1, 8, 1) layout."""
   source, target = runs((8, 1, 1)), runs((1, 8, 1))
   mngr = checkpoint.manager(str(tmp_path))
-  checkpoint.save(mngr, STEPS, source.state)
-  mngr.wait_until_finished()
+  checkpoint.save(mngr, STEPS, source.state, {"next_step": STEPS}, {})
+  checkpoint.wait(mngr)
   abstract = partitioning.with_shardings(source.state, target.shardings)
-  restored = checkpoint.restore(mngr, abstract)
+  restored = checkpoint.restore_latest(mngr, abstract).state
   kernel = _leaf(restored.params, *FC1)
   assert kernel.sharding == _leaf(target.shardings.params, *FC1)
   np.testing.assert_array_equal(np.asarray(kernel), np.asarray(_leaf(source.state.params, *FC1)))

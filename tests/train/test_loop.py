@@ -9,7 +9,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mmjax.data import pipeline
 from mmjax.eval import retrieval
+from mmjax.train import checkpoint
 from mmjax.train import loop
 from mmjax.train import step as step_lib
 
@@ -83,33 +88,75 @@ def test_resume_continues_the_same_curve(trained, tmp_path):
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["3", "6"]
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(trained, tmp_path,
-                                                                 monkeypatch):
-  workdir, _ = trained
-  run = str(tmp_path / "nan")
-  os.makedirs(run)
-  subprocess.run(["cp", "-r", os.path.join(workdir, "checkpoints"),
-                  os.path.join(workdir, "tokenizer"), run], check=True)
-  real_step = step_lib.make_train_step
+class _PoisonedModel:
+  """The real model, whose image embeddings turn NaN for an all-black batch."""
 
-  def diverging_step(*args, **kwargs):
-    """The real step, whose params and loss turn NaN from step 8 on."""
-    step = real_step(*args, **kwargs)
+  def __init__(self, model):
+    self._model = model
 
-    def wrapped(state, batch):
-      state, metrics = step(state, batch)
-      bad = state.step >= 8
-      poison = lambda x: jnp.where(bad, jnp.nan, x)
-      metrics["train/loss"] = poison(metrics["train/loss"])
-      return state.replace(params=jax.tree.map(poison, state.params)), metrics
+  def apply(self, variables, images, tokens):
+    out = self._model.apply(variables, images, tokens)
+    black = jnp.all(images == 0)
+    return {**out, "zimg": jnp.where(black, jnp.nan, out["zimg"])}
 
-    return wrapped
+  def __getattr__(self, name):
+    return getattr(self._model, name)
 
-  monkeypatch.setattr(step_lib, "make_train_step", diverging_step)
-  with pytest.raises(loop.NonFiniteLossError, match=r"nan at step 8.*Last good checkpoint: step 7"):
-    loop.train_and_evaluate(tiny_config(total_steps=9, checkpoint_every=1), run)
-  # Step 7 was good and saved; the NaN state of step 8 never was.
-  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["6", "7"]
+
+@pytest.fixture
+def black_steps(monkeypatch):
+  """Steps whose batch is all black, so loss and gradient are NaN there."""
+  steps = set()
+  real_step, real_maker = step_lib.make_train_step, pipeline.batch_maker
+
+  def maker(config, tok, rows=None):
+    make = real_maker(config, tok, rows)
+
+    def batch(step):  # the loop's step s + 1 consumes the batch of s
+      out = make(step)
+      if step + 1 in steps:
+        out["image"] = np.zeros_like(out["image"])
+      return out
+    return batch
+
+  monkeypatch.setattr(pipeline, "batch_maker", maker)
+  monkeypatch.setattr(step_lib, "make_train_step",
+                      lambda model, *a, **k: real_step(_PoisonedModel(model), *a, **k))
+  return steps
+
+
+def _params(workdir, step):
+  mngr = checkpoint.manager(workdir, read_only=True)
+  return mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))["state"]["params"]
+
+
+def test_a_transient_nan_step_is_skipped_and_counted(black_steps, tmp_path):
+  black_steps.add(5)
+  run = str(tmp_path)
+  loop.train_and_evaluate(tiny_config(total_steps=6, checkpoint_every=1, log_every=1,
+                                      **{"checkpoint.keep": 10}), run)
+  rows = {r["step"]: r for r in _rows(run) if "train/loss" in r}
+  assert rows[5]["train/skipped"] == 1 and rows[5]["train/loss"] == "nan"
+  assert rows[6]["train/skipped"] == 0 and np.isfinite(rows[6]["train/loss"])
+  assert rows[6]["train/skipped_total"] == 1
+  # The update of step 5 was dropped: its params are those of step 4.
+  before, after = _params(run, 4), _params(run, 5)
+  jax.tree.map(np.testing.assert_array_equal, before, after)
+
+
+def test_persistent_nan_rolls_back_once_then_stops(black_steps, tmp_path, capsys):
+  black_steps.update({8, 9, 10})
+  run = str(tmp_path)
+  config = tiny_config(total_steps=12, checkpoint_every=3, max_bad_steps=2,
+                       eval_every=0)
+  with pytest.raises(loop.NonFiniteLossError,
+                     match=r"2 consecutive steps up to step 9 .* after rolling back to "
+                           r"step 6, it happened again"):
+    loop.train_and_evaluate(config, run)
+  assert "rolled back to the checkpoint of step 6" in capsys.readouterr().out
+  # Nothing non-finite was saved: steps 3 and 6 only, both intact.
+  assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["3", "6"]
 
 
 def test_evaluate_cli_reads_the_latest_checkpoint(trained, tmp_path):

@@ -1,0 +1,120 @@
+"""What a long run meets besides training: preemption, a full disk, a changed config.
+
+Each check runs before the work it protects: the workdir is probed before
+anything compiles, free space is checked against the size of a checkpoint,
+a resumed config is compared with the one the checkpoint was written with,
+and a SIGTERM is turned into a checkpoint at the next step boundary.
+"""
+
+import os
+import shutil
+import signal
+import threading
+
+import jax
+import numpy as np
+
+from mmjax import configs
+
+
+class ConfigChangedError(ValueError):
+  """The workdir's checkpoint was written by a different config."""
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails now, not after hours of training, if `workdir` cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    # One probe per process: processes sharing a workdir must not race on one file.
+    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise OSError(f"cannot write to workdir {workdir!r} ({e.strerror}); choose a "
+                  "writable --workdir with free space.") from e
+
+
+def state_bytes(abstract_state) -> int:
+  """Bytes of a TrainState's arrays (global, not per device)."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(abstract_state))
+
+
+def check_free_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
+  """Fails now if the disk cannot hold the checkpoints this run will keep.
+
+  A save writes a new step before the oldest is deleted, so keep + 1
+  checkpoints must fit (milestones add more later; this is the floor).
+  """
+  needed = checkpoint_bytes * (keep + 1)
+  free = shutil.disk_usage(workdir).free
+  if free < needed:
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    raise OSError(
+        f"workdir {workdir!r} has {gib(free)} free, but {keep + 1} checkpoints of "
+        f"{gib(checkpoint_bytes)} need {gib(needed)}; free space, choose another "
+        "--workdir, or lower --config.checkpoint.keep.")
+
+
+def check_resume_config(saved: dict, config, where: str) -> None:
+  """Raises ConfigChangedError with a diff if `config` differs from the
+  checkpoint's `saved` config in anything but run-time settings."""
+  lines = configs.diff(saved, config.to_dict())
+  if not lines:
+    return
+  if config.resume.allow_changes:
+    print(f"Resuming {where} with a changed config (resume.allow_changes):\n"
+          + "\n".join(lines), flush=True)
+    return
+  raise ConfigChangedError(
+      f"the checkpoint in {where} was written with a different config "
+      "(checkpoint -> now):\n" + "\n".join(lines) +
+      "\nRerun with the checkpoint's settings, train into a fresh --workdir, or "
+      "pass --config.resume.allow_changes=True to continue with the new ones.")
+
+
+class Preemption:
+  """SIGTERM -> a request to checkpoint at the next step boundary and stop.
+
+  Used as a context manager around the training loop; the previous handler
+  is restored on exit. With several processes, a request on any one of them
+  (or JAX's preemption notice on TPU) stops all of them at the same step, so
+  they save the same checkpoint together.
+  """
+
+  def __init__(self):
+    self._requested = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    # Signal handlers can only be installed from the main thread.
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
+
+  def _on_signal(self, signum, frame):
+    del signum, frame
+    self._requested.set()
+
+  def request(self) -> None:
+    """Asks for a stop as SIGTERM would (tests, notebooks)."""
+    self._requested.set()
+
+  def should_stop(self, step: int) -> bool:
+    """True on every process once any process was asked to stop (call each step)."""
+    local = self._requested.is_set()
+    if jax.process_count() == 1:
+      return local
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    try:
+      notice = multihost_utils.reached_preemption_sync_point(step)
+    except Exception:  # pylint: disable=broad-except
+      notice = False  # no preemption service on this platform
+    flags = multihost_utils.process_allgather(np.array(local or notice))
+    return bool(np.any(flags))

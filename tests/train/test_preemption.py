@@ -1,0 +1,151 @@
+"""A run killed again and again ends exactly where an uninterrupted one does.
+
+`python -m mmjax.train` runs in a subprocess on one CPU device: once without
+interruption, and once killed with SIGKILL at least five times (half of the
+kills aimed at a checkpoint being written) and restarted after each. SIGTERM
+must save at the next step boundary and exit 0.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mmjax.train import checkpoint
+
+from tests.subprocesses import ROOT, child_env, write_config
+
+STEPS = 60
+CONFIG = f"""
+from tests.train.conftest import tiny_config
+def get_config():
+  c = tiny_config(total_steps={STEPS}, log_every=1, eval_every=0, checkpoint_every=2)
+  c.checkpoint.keep = 3
+  return c
+"""
+
+
+def _env():
+  return child_env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+  return write_config(tmp_path_factory.mktemp("cfg"), "tiny_long.py", CONFIG)
+
+
+def _start(config_file, workdir):
+  # Output goes to a file, not a pipe nobody reads while the run goes on.
+  log = open(f"{workdir}.log", "w")  # pylint: disable=consider-using-with
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "mmjax.train", f"--config={config_file}",
+       f"--workdir={workdir}"],
+      cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
+  log.close()
+  proc.log = f"{workdir}.log"
+  return proc
+
+
+def _finish(proc, timeout=300) -> str:
+  proc.wait(timeout=timeout)
+  with open(proc.log) as f:
+    out = f.read()
+  assert proc.returncode == 0, out[-3000:]
+  return out
+
+
+def _logged_steps(workdir) -> int:
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      return sum(1 for _ in f)
+  except FileNotFoundError:
+    return 0
+
+
+def _saving(workdir) -> bool:
+  ckpts = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(ckpts) and any("tmp" in d for d in os.listdir(ckpts))
+
+
+def _wait(predicate, proc, timeout=120):
+  deadline = time.monotonic() + timeout
+  while not predicate():
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    assert time.monotonic() < deadline, "the run made no progress"
+    time.sleep(0.002)
+
+
+def _curve(workdir) -> dict:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  steps = [r["step"] for r in rows if "train/loss" in r]
+  assert steps == sorted(set(steps)), "a step was logged twice"
+  return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def _final_params(workdir):
+  mngr = checkpoint.manager(workdir, read_only=True)
+  assert mngr.latest_step() == STEPS
+  return mngr.restore(STEPS, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))["state"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(config_file, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  _finish(_start(config_file, workdir))
+  return workdir
+
+
+def test_sigkill_at_random_instants_resumes_bitwise(config_file, uninterrupted, tmp_path):
+  workdir = str(tmp_path)
+  rng = random.Random(0)
+  kills, during_write = 0, 0
+  while kills < 5:
+    proc = _start(config_file, workdir)
+    logged = _logged_steps(workdir)
+    if kills % 2:
+      # A random instant once this attempt is training.
+      _wait(lambda: _logged_steps(workdir) > logged, proc)
+      time.sleep(rng.uniform(0.0, 0.2))
+    else:
+      # The moment a save of this attempt is in flight.
+      _wait(lambda: _logged_steps(workdir) > logged and _saving(workdir), proc)
+    during_write += _saving(workdir)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kills += 1
+  out = _finish(_start(config_file, workdir))
+  assert during_write >= 2, "no kill landed on a checkpoint write"
+  resumed = int(out.split("Resuming from the checkpoint at step ")[1].split()[0])
+  assert 0 < resumed < STEPS
+
+  # The whole curve, not just the tail, equals the uninterrupted run's: rows a
+  # killed attempt logged past its last checkpoint were dropped and redone.
+  assert _curve(workdir) == _curve(uninterrupted)
+  got, want = _final_params(workdir), _final_params(uninterrupted)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  # No save cut short is left looking like a checkpoint.
+  assert checkpoint.manager(workdir, read_only=True).all_steps() == [STEPS - 4, STEPS - 2, STEPS]
+
+
+def test_sigterm_saves_at_the_next_step_and_exits_zero(config_file, uninterrupted, tmp_path):
+  workdir = str(tmp_path)
+  proc = _start(config_file, workdir)
+  _wait(lambda: _logged_steps(workdir) >= 5, proc)
+  proc.send_signal(signal.SIGTERM)
+  out = _finish(proc)
+  stopped = int(out.split("Stop requested (SIGTERM): saved step ")[1].split()[0])
+  assert 5 <= stopped < STEPS
+  assert checkpoint.manager(workdir, read_only=True).latest_step() == stopped
+  out = _finish(_start(config_file, workdir))
+  assert f"Resuming from the checkpoint at step {stopped}" in out
+  assert _curve(workdir) == _curve(uninterrupted)
