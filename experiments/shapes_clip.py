@@ -11,4 +11,6 @@ def get_config():
   config.loss.name = "softmax_contrastive"
   config.model.temperature_init = 1 / 0.07   # CLIP's initial logit scale
   config.model.bias_init = None               # the softmax loss is shift-invariant
+  # Zero-shot shape / colour / relation at the end (and in mmjax.evaluate).
+  config.eval.evaluators.zeroshot = -1
   return config

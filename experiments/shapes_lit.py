@@ -33,4 +33,6 @@ def get_config():
   config.init.checkpoint = ml_collections.config_dict.placeholder(str)
   config.init.include = IMAGE
   config.optim.freeze = IMAGE
+  # Zero-shot shape / colour / relation at the end (and in mmjax.evaluate).
+  config.eval.evaluators.zeroshot = -1
   return config

@@ -15,4 +15,6 @@ def get_config():
   config.loss.terms = {"softmax_contrastive": 0.5}
   config.model.temperature_init = 1 / 0.07
   config.model.bias_init = None
+  # Zero-shot shape / colour / relation at the end (and in mmjax.evaluate).
+  config.eval.evaluators.zeroshot = -1
   return config

@@ -11,4 +11,6 @@ def get_config():
   config.loss.name = "sigmoid_contrastive"
   config.model.temperature_init = 10.0   # SigLIP: t' = log 10, b = -10
   config.model.bias_init = -10.0
+  # Zero-shot shape / colour / relation at the end (and in mmjax.evaluate).
+  config.eval.evaluators.zeroshot = -1
   return config

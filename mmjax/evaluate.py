@@ -1,7 +1,9 @@
 """Entry point: python -m mmjax.evaluate --config experiments/NAME.py --workdir DIR.
 
-Evaluates the latest checkpoint in DIR on the test split, prints the retrieval
-table and writes DIR/eval.json (the metrics plus the checkpoint's step).
+Evaluates the latest checkpoint in DIR with every evaluator of the config
+(`config.eval.evaluators`, whatever their period), prints one table, writes
+DIR/eval.json (the flat metrics plus the checkpoint's step) and the report
+plots. `--export FILE.npz` also writes the test split's embeddings.
 """
 
 import os
@@ -13,14 +15,19 @@ from mmjax import cli, configs
 _CONFIG = cli.define_config(
     configs.DEFAULT_EXPERIMENT, "The experiment config the run was trained with.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "The run's directory.")
+_EXPORT = flags.DEFINE_string(
+    "export", None, "Also write the test split's embeddings to this .npz: image_emb "
+    "[N, D], text_emb [M, D], text_to_image [M], image_ids [N], captions [M].")
 
 
-def evaluate_workdir(config, workdir: str) -> dict:
+def evaluate_workdir(config, workdir: str, export: str | None = None) -> dict:
   """Restores the latest checkpoint of `workdir` and returns its metrics + step."""
-  from mmjax.data import pipeline
-  from mmjax.eval import evaluator
-  from mmjax.train import build, checkpoint, metrics
-  from mmjax.train import state as state_lib
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from mmjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from mmjax.eval import reports, suite  # pylint: disable=g-import-not-at-top
+  from mmjax.train import build, checkpoint, metrics  # pylint: disable=g-import-not-at-top
+  from mmjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   build.check(config)
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -36,25 +43,37 @@ def evaluate_workdir(config, workdir: str) -> dict:
                                       build.abstract_state(config, model, tx, shardings))
   if restored is None:
     raise FileNotFoundError(f"{ckpt_dir} holds no complete checkpoint; train first.")
-  state = restored.state
-  result = evaluator.evaluate(model, state.params, pipeline.test_data(config, tok),
-                              config.eval.batch_size)
-  result["step"] = int(state.step)
+  test = pipeline.test_data(config, tok)
+  names = list(config.eval.evaluators)
+  if export and "retrieval" not in names:
+    names.append("retrieval")  # the export needs its embeddings
+  result, embeddings = suite.run(names, model, restored.state.params, test, tok, config)
+  result["step"] = restored.step
   metrics.write_json(os.path.join(workdir, "eval.json"), result)
+  captions = tok.decode(test["text"])
+  if embeddings:
+    reports.write_all(workdir, test, embeddings["image"], embeddings["text"], captions)
+  if export:
+    np.savez(export, image_emb=embeddings["image"], text_emb=embeddings["text"],
+             text_to_image=test["text_to_image"],
+             image_ids=test["image_ids"],
+             captions=np.asarray(captions))
   return result
 
 
 def main(argv):
   cli.setup(argv)
-  from mmjax.parallel import multihost
+  from mmjax.parallel import multihost  # pylint: disable=g-import-not-at-top
 
   multihost.initialize()  # before anything touches a device
-  from mmjax.eval import retrieval
 
   with cli.clean_errors():
-    result = evaluate_workdir(_CONFIG.value, _WORKDIR.value)
+    result = evaluate_workdir(_CONFIG.value, _WORKDIR.value, _EXPORT.value)
     print(f"checkpoint step {result['step']} in {_WORKDIR.value}")
-    print(retrieval.format_table(result))
+    from mmjax.eval import suite  # pylint: disable=g-import-not-at-top
+    print(suite.format_results(result))
+    if _EXPORT.value:
+      print(f"embeddings written to {_EXPORT.value}")
 
 
 if __name__ == "__main__":

@@ -204,20 +204,23 @@ def test_data(config, tokenizer: Tokenizer) -> dict:
   """The evaluation split, tokenized: every caption of the first N images.
 
   Returns {"image": uint8 [N, S, S, 3], "text": int32 [M, L],
-           "text_to_image": int32 [M]} with N = config.eval.num_images (all
-  images when it is -1), M the number of their captions.
+           "text_to_image": int32 [M], "image_ids": [N] str} with
+  N = config.eval.num_images (all images when it is -1), M the number of
+  their captions.
   """
   if config.data.name == "shapes":
     split = shapes.test_split(image_size=config.data.image_size, num_images=TEST_IMAGES)
     images, captions, owner = split["image"], split["captions"], split["text_to_image"]
+    ids = [f"shapes_test_{i}" for i in range(len(images))]
   else:
-    images, captions, owner = _record_test_split(config)
+    images, captions, owner, ids = _record_test_split(config)
   n = _num_eval_images(config, len(images))
   keep = np.asarray(owner) < n
   captions = [c for c, k in zip(captions, keep) if k]
   return {"image": np.asarray(images[:n]),
           "text": tokenizer.encode(captions, config.data.context_length),
-          "text_to_image": np.asarray(owner)[keep].astype(np.int32)}
+          "text_to_image": np.asarray(owner)[keep].astype(np.int32),
+          "image_ids": np.asarray(ids[:n])}
 
 
 def _num_eval_images(config, available: int) -> int:
@@ -240,4 +243,5 @@ def _record_test_split(config):
       if caption.strip():
         captions.append(caption)
         owner.append(index)
-  return np.stack(images), captions, np.asarray(owner, np.int32)
+  return (np.stack(images), captions, np.asarray(owner, np.int32),
+          [r["image_id"] for r in records])

@@ -33,7 +33,7 @@ def _replicated_like(params):
   return None
 
 
-def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
+def batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
   """Applies fn to fixed-size batches of x (the last padded), so it compiles once."""
   n = len(x)
   batch_size = min(batch_size, n)  # a split smaller than one batch: no padding
@@ -47,20 +47,23 @@ def _batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
   return np.concatenate(out)
 
 
-def embed(model, params, data: dict, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """data: {"image": [N, H, W, C], "text": [M, L]} -> ([N, D], [M, D]) float32.
+def encode_fn(model, params, method: str):
+  """x -> model.<method>(x) with `params` bound: "encode_image" maps uint8
+  [B, H, W, 3] to [B, D], "encode_text" int32 [B, L] to [B, D].
 
-  params may be sharded over a mesh (as the train step leaves them).
+  params may be sharded over a mesh (as the train step leaves them); inputs
+  and outputs are then replicated on it.
   """
   sharding = _replicated_like(params)
   put = (lambda x: x) if sharding is None else (lambda x: jax.device_put(x, sharding))
+  fn = _encoder(model, method, sharding)
+  return lambda x: fn(params, put(x))
 
-  def run(method):
-    fn = _encoder(model, method, sharding)
-    return lambda x: fn(params, put(x))
 
-  img = _batched(run("encode_image"), data["image"], batch_size)
-  txt = _batched(run("encode_text"), data["text"], batch_size)
+def embed(model, params, data: dict, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """data: {"image": [N, H, W, C], "text": [M, L]} -> ([N, D], [M, D]) float32."""
+  img = batched(encode_fn(model, params, "encode_image"), data["image"], batch_size)
+  txt = batched(encode_fn(model, params, "encode_text"), data["text"], batch_size)
   return img, txt
 
 

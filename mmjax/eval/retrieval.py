@@ -1,9 +1,11 @@
 """Cross-modal retrieval metrics: recall@K and rank statistics, both directions.
 
 Queries are scored against the whole gallery in fixed-size chunks, so memory for
-scores is at most `chunk_size x gallery` floats at a time, never N x M. Ranks are
-found by counting, not sorting, so each chunk costs one matmul and two
-reductions.
+scores is at most `chunk_size x gallery` floats at a time, never N x M. Each
+chunk is split over this process's devices (the gallery replicated on each),
+and with several processes the chunks are shared out and the results gathered,
+so every process returns the same numbers. Ranks are found by counting, not
+sorting, so each chunk costs one matmul and two reductions.
 """
 
 from __future__ import annotations
@@ -14,30 +16,27 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-__all__ = ["retrieval_ranks", "retrieval_metrics", "format_table"]
+__all__ = ["retrieval_ranks", "retrieval_metrics", "top_k", "format_table"]
 
 _DIRECTIONS = ("image_to_text", "text_to_image")
 
 
-@functools.partial(jax.jit, static_argnames=("chunk",))
-def _rank_chunk(queries, query_labels, gallery, gallery_labels, start, *, chunk):
+@jax.jit
+def _rank_chunk(q, q_labels, gallery, gallery_labels):
   """Pessimistic rank of the best-matching gallery item for one chunk of queries.
 
   Args:
-    queries: [Q_pad, D] float32, Q_pad a multiple of `chunk`.
-    query_labels: [Q_pad] int32; -1 marks padding (matches nothing).
-    gallery: [G, D] float32.
+    q: [C, D] float32 queries, sharded over the scoring devices.
+    q_labels: [C] int32; -1 marks padding (matches nothing).
+    gallery: [G, D] float32, replicated.
     gallery_labels: [G] int32; gallery item g matches query q iff labels agree.
-    start: scalar int32, first query of the chunk. Traced, so every chunk reuses
-      one compiled program.
-    chunk: static chunk size C.
 
   Returns:
     [C] int32 ranks, 1-based. Padding rows get garbage and must be dropped.
   """
-  q = jax.lax.dynamic_slice_in_dim(queries, start, chunk)
-  q_labels = jax.lax.dynamic_slice_in_dim(query_labels, start, chunk)
   scores = jnp.dot(
       q, gallery.T, precision=jax.lax.Precision.HIGHEST,
       preferred_element_type=jnp.float32)  # [C, G]: the only large buffer.
@@ -49,18 +48,102 @@ def _rank_chunk(queries, query_labels, gallery, gallery_labels, start, *, chunk)
   return 1 + jnp.sum(beaten_or_tied, axis=1, dtype=jnp.int32)
 
 
-def _chunked_ranks(queries, query_labels, gallery, gallery_labels, chunk_size):
+@functools.partial(jax.jit, static_argnames=("k",))
+def _top_k_chunk(q, gallery, *, k):
+  """[C, D] x [G, D] -> the k best gallery scores [C, k] and indices [C, k]."""
+  scores = jnp.dot(q, gallery.T, precision=jax.lax.Precision.HIGHEST,
+                   preferred_element_type=jnp.float32)
+  return jax.lax.top_k(scores, k)
+
+
+def _scoring_mesh() -> Mesh:
+  # This process's devices: each scores a slice of every query chunk against
+  # the whole (replicated) gallery, so a chunk costs C / devices x G scores
+  # per device. Processes take turns over the chunks.
+  return Mesh(np.array(jax.local_devices()), ("queries",))
+
+
+def _chunks(fn, queries: np.ndarray, extras: tuple, chunk_size: int, pad_extras) -> list:
+  """Runs fn(query_chunk, *extra_chunks) over this process's share of chunks.
+
+  queries [Q, D] and each extra [Q, ...] are split in chunks of `chunk_size`
+  rows (rounded up to a multiple of the device count; the last one padded),
+  each sharded over the scoring devices. Returns, on every process, the host
+  results of all chunks in order, gathered across processes.
+  """
+  mesh = _scoring_mesh()
+  rows = NamedSharding(mesh, P("queries"))
   n = queries.shape[0]
-  chunk = min(chunk_size, n)  # No point padding a small query set up to chunk_size.
-  n_pad = -n % chunk
-  queries = jnp.pad(queries, ((0, n_pad), (0, 0)))
-  query_labels = jnp.pad(query_labels, (0, n_pad), constant_values=-1)
-  parts = [
-      _rank_chunk(queries, query_labels, gallery, gallery_labels,
-                  np.int32(start), chunk=chunk)
-      for start in range(0, n + n_pad, chunk)
-  ]
-  return np.concatenate(jax.device_get(parts))[:n].astype(np.int64)
+  chunk = -(-min(chunk_size, n) // mesh.size) * mesh.size
+  starts = list(range(0, n, chunk))
+  mine = starts[jax.process_index()::jax.process_count()]
+  out = []
+  for start in mine:
+    parts = [queries[start:start + chunk], *(e[start:start + chunk] for e in extras)]
+    pad = chunk - parts[0].shape[0]
+    if pad:  # one compiled program for every chunk, the last one included
+      parts = [np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=v)
+               for x, v in zip(parts, (0, *pad_extras))]
+    out.append(jax.device_get(fn(*(jax.device_put(x, rows) for x in parts))))
+  if jax.process_count() > 1:
+    out = _gather_chunks(out, len(starts))
+  return out
+
+
+def _gather_chunks(mine: list, total: int) -> list:
+  """Chunk results of every process, back in chunk order (process p did p::P)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  count = jax.process_count()
+  per_process = -(-total // count)
+  leaves, treedef = jax.tree.flatten(mine[0] if mine else None)
+  padded = [jax.tree.leaves(m) for m in mine]
+  while len(padded) < per_process:
+    padded.append([np.zeros_like(x) for x in padded[0]])
+  stacked = [np.stack([p[i] for p in padded]) for i in range(len(leaves))]
+  gathered = multihost_utils.process_allgather(stacked)  # [processes, chunks, ...]
+  out = []
+  for c in range(total):
+    p, j = c % count, c // count
+    out.append(jax.tree.unflatten(treedef, [g[p][j] for g in gathered]))
+  return out
+
+
+def _chunked_ranks(queries, query_labels, gallery, gallery_labels, chunk_size):
+  mesh = _scoring_mesh()
+  replicated = NamedSharding(mesh, P())
+  gallery = jax.device_put(np.asarray(gallery), replicated)
+  gallery_labels = jax.device_put(np.asarray(gallery_labels), replicated)
+  n = queries.shape[0]
+  parts = _chunks(lambda q, l: _rank_chunk(q, l, gallery, gallery_labels),
+                  np.asarray(queries), (np.asarray(query_labels),), chunk_size,
+                  pad_extras=(-1,))
+  return np.concatenate(parts)[:n].astype(np.int64)
+
+
+def top_k(queries, gallery, k: int, *, chunk_size: int = 1024):
+  """Exact top-k gallery items for every query, by dot product in float32.
+
+  Scored chunk by chunk like the ranks (never Q x G scores at once). Equal
+  scores are ordered by gallery index (lower first), as `jax.lax.top_k` does.
+
+  Args:
+    queries: [Q, D] float. gallery: [G, D] float. k: 1 <= k <= G.
+
+  Returns:
+    (scores [Q, k] float32, indices [Q, k] int32), best first.
+  """
+  q = np.asarray(_as_float32(queries, "queries"))
+  g = _as_float32(gallery, "gallery")
+  if not 1 <= k <= g.shape[0]:
+    raise ValueError(f"k={k} must be in [1, {g.shape[0]}] (the gallery size).")
+  if q.shape[0] == 0:
+    raise ValueError("top_k needs at least one query.")
+  mesh = _scoring_mesh()
+  g = jax.device_put(g, NamedSharding(mesh, P()))
+  parts = _chunks(lambda c: _top_k_chunk(c, g, k=k), q, (), chunk_size, ())
+  scores = np.concatenate([s for s, _ in parts])[:q.shape[0]]
+  indices = np.concatenate([i for _, i in parts])[:q.shape[0]]
+  return scores, indices.astype(np.int32)
 
 
 def _as_float32(x: Any, name: str) -> jax.Array:
@@ -153,8 +236,7 @@ def retrieval_ranks(image_emb, text_emb, text_to_image, *,
           f"{name} contains NaN or Inf (after casting to float32); check the "
           "model for divergence or the normalisation for zero vectors.")
 
-  image_ids = jnp.arange(n, dtype=jnp.int32)
-  t2i = jnp.asarray(t2i)
+  image_ids = np.arange(n, dtype=np.int32)
   i2t_ranks = _chunked_ranks(img, image_ids, txt, t2i, int(chunk_size))
   t2i_ranks = _chunked_ranks(txt, t2i, img, image_ids, int(chunk_size))
   return i2t_ranks, t2i_ranks

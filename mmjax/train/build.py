@@ -9,6 +9,7 @@ import numpy as np
 
 from mmjax import configs, losses
 from mmjax.data import image_text, pipeline, tokenizer as tokenizer_lib
+from mmjax.eval import suite
 from mmjax.losses import sharded
 from mmjax.models import two_tower
 from mmjax.parallel import mesh as mesh_lib
@@ -28,6 +29,7 @@ def check(config) -> dict[str, float]:
   """Validates the whole config before anything is compiled; returns the loss terms."""
   configs.validate(config)
   pipeline.check_data_config(config.data)
+  suite.check(config)
   configs.validate(config, test_split_size=pipeline.test_split_size(config.data))
   terms = losses.from_config(config.loss)
   for name in terms:

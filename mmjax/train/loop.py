@@ -8,7 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mmjax.data import pipeline
-from mmjax.eval import evaluator, retrieval
+from mmjax.eval import reports, suite
 from mmjax.parallel import multihost, partitioning
 from mmjax.train import build, checkpoint, faults, metrics as metrics_lib, perf
 from mmjax.train import state as state_lib
@@ -89,12 +89,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   test = pipeline.test_data(config, tok)
   writer = metrics_lib.MetricWriter(workdir, enabled=primary, resume_step=start)
 
-  def run_eval(step: int) -> dict:
-    result = evaluator.evaluate(model, state.params, test, config.eval.batch_size)
+  latest = {}  # the latest value of every evaluation metric
+
+  def run_eval(step: int, names) -> dict:
+    result, embeddings = suite.run(names, model, state.params, test, tok, config)
     writer.write(step, {f"eval/{k}": v for k, v in result.items()})
+    latest.update(result)
     if primary:
-      metrics_lib.write_json(os.path.join(workdir, "eval.json"), {**result, "step": step})
-    return result
+      metrics_lib.write_json(os.path.join(workdir, "eval.json"), {**latest, "step": step})
+      if embeddings and step == total:
+        reports.write_all(workdir, test, embeddings["image"], embeddings["text"],
+                          tok.decode(test["text"]))
+    return {**latest, "step": step}
 
   last_eval = None
   last_saved = start if start else None
@@ -161,9 +167,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
           window = []
           meter.reset()
 
-        if _every(step, config.eval_every, total):
+        names = suite.due(config.eval.evaluators, step, total, config.eval_every)
+        if names:
           t0 = time.perf_counter()
-          last_eval = {**run_eval(step), "step": step}
+          last_eval = run_eval(step, names)
           bar.write(f"step {step}: " + "  ".join(
               f"{k.replace('image_to_text', 'i2t').replace('text_to_image', 't2i')}={v:.3f}"
               for k, v in last_eval.items() if "R@" in k))
@@ -192,10 +199,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.close()
 
   if last_eval is None:  # resumed at the end: evaluate what is there
-    last_eval = {**run_eval(start), "step": start}
+    last_eval = run_eval(start, list(config.eval.evaluators))
   if primary:
     metrics_lib.plot_curves(workdir)
-    print(retrieval.format_table(last_eval), flush=True)
+    print(suite.format_results(last_eval), flush=True)
   return last_eval
 
 

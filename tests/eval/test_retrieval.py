@@ -230,3 +230,24 @@ def test_format_table():
   assert lines[1].split() == ["image->text", "0.5000", "0.7500", "1.0000", "2.25", "1.5"]
   assert lines[2].split() == ["text->image", "0.2500", "0.5000", "0.8750", "12.00", "3.0"]
   assert len({len(line) for line in lines}) == 1  # aligned columns
+
+
+@pytest.mark.parametrize("quantised", [False, True])
+def test_top_k_matches_a_full_sort(quantised):
+  img, txt, _ = make_data(seed=7, n=13, d=6, quantised=quantised)
+  scores, indices = retrieval.top_k(txt, img, 5, chunk_size=4)
+  sim = txt.astype(np.float64) @ img.astype(np.float64).T
+  for q in range(len(txt)):
+    # Stable sort on -score: equal scores keep the lower gallery index first.
+    order = np.argsort(-sim[q], kind="stable")[:5]
+    np.testing.assert_allclose(scores[q], sim[q][order], atol=1e-6)
+    if quantised:  # integer scores: the tie order is exact
+      np.testing.assert_array_equal(indices[q], order)
+    else:
+      np.testing.assert_array_equal(np.sort(indices[q]), np.sort(order))
+
+
+def test_top_k_rejects_k_beyond_the_gallery():
+  img, txt, _ = make_data(seed=8, n=4)
+  with pytest.raises(ValueError, match=r"k=5 must be in \[1, 4\]"):
+    retrieval.top_k(txt, img, 5)

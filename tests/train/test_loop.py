@@ -165,11 +165,21 @@ def test_evaluate_cli_reads_the_latest_checkpoint(trained, tmp_path):
   config_file.write_text(
       "from tests.train.conftest import tiny_config\n"
       "def get_config():\n  return tiny_config()\n")
+  export = str(tmp_path / "emb.npz")
   out = subprocess.run(
-      [sys.executable, "-m", "mmjax.evaluate", f"--config={config_file}", f"--workdir={workdir}"],
+      [sys.executable, "-m", "mmjax.evaluate", f"--config={config_file}", f"--workdir={workdir}",
+       f"--export={export}"],
       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
   assert out.returncode == 0, out.stderr
   assert "checkpoint step 6" in out.stdout
+  # The exported embeddings reproduce the printed metrics.
+  emb = np.load(export)
+  assert emb["image_emb"].shape == (20, 8) and len(emb["captions"]) == len(emb["text_emb"])
+  assert list(emb["image_ids"][:2]) == ["shapes_test_0", "shapes_test_1"]
+  again = retrieval.retrieval_metrics(emb["image_emb"], emb["text_emb"], emb["text_to_image"])
+  assert again["text_to_image_R@1"] == pytest.approx(result["text_to_image_R@1"], abs=1e-6)
+  for name in ("recall_curves.png", "retrieval_grid.png", "embeddings_pca.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
   assert retrieval.format_table(result).splitlines()[0] in out.stdout
 
 

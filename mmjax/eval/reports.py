@@ -1,0 +1,123 @@
+"""Pictures of an evaluation, saved in the workdir.
+
+  recall_curves.png    recall@K for K = 1..100 (log axis), both directions
+  retrieval_grid.png   for a few caption queries, the query and its top-5 images
+                       (the true image framed in green)
+  embeddings_pca.png   image and text embeddings of the test split projected on
+                       their first two principal components, by modality
+
+All take embeddings already computed (`mmjax.eval.evaluator.embed`), so a
+report costs no extra model calls.
+"""
+
+import os
+import textwrap
+
+import numpy as np
+
+from mmjax.eval import retrieval
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def recall_curve(ranks: np.ndarray, max_k: int) -> tuple[np.ndarray, np.ndarray]:
+  """ranks [Q] (1-based) -> (K = 1..max_k, recall@K), recall@K = mean(rank <= K)."""
+  ks = np.arange(1, max_k + 1)
+  counts = np.bincount(np.minimum(ranks, max_k + 1), minlength=max_k + 2)
+  return ks, np.cumsum(counts[1:max_k + 1]) / len(ranks)
+
+
+def plot_recall_curves(i2t_ranks, t2i_ranks, path: str, max_k: int = 100) -> str:
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for ranks, label in ((i2t_ranks, "image -> text"), (t2i_ranks, "text -> image")):
+    ks, recall = recall_curve(np.asarray(ranks), max_k)
+    ax.plot(ks, recall, label=label)
+  ax.set(xscale="log", xlabel="K", ylabel="recall@K", ylim=(0, 1.02),
+         title=f"test retrieval ({len(i2t_ranks)} images, {len(t2i_ranks)} captions)")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_retrieval_grid(images, image_emb, text_emb, captions, text_to_image, path: str,
+                        queries: int = 6, k: int = 5, seed: int = 0) -> str:
+  """Rows: a caption (spread evenly over the split) and its top-k images.
+
+  images: [N, H, W, 3] uint8; image_emb [N, D], text_emb [M, D]; captions: M
+  strings; text_to_image [M].
+  """
+  plt = _pyplot()
+  m = len(captions)
+  rng = np.random.default_rng(seed)
+  chosen = np.sort(rng.choice(m, size=min(queries, m), replace=False))
+  k = min(k, len(images))
+  _, top = retrieval.top_k(text_emb[chosen], image_emb, k)
+  fig, axes = plt.subplots(len(chosen), k + 1, figsize=(1.6 * (k + 1) + 2.2, 1.7 * len(chosen)),
+                           squeeze=False, gridspec_kw={"width_ratios": [2.2] + [1] * k})
+  for row, (q, hits) in enumerate(zip(chosen, top)):
+    text_ax = axes[row][0]
+    text_ax.axis("off")
+    text_ax.text(0, 0.5, "\n".join(textwrap.wrap(captions[q], 28)), va="center", fontsize=8)
+    for col, idx in enumerate(hits, start=1):
+      ax = axes[row][col]
+      ax.imshow(images[idx], interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      hit = idx == text_to_image[q]
+      for spine in ax.spines.values():
+        spine.set_edgecolor("tab:green" if hit else "lightgray")
+        spine.set_linewidth(3 if hit else 1)
+      if row == 0:
+        ax.set_title(f"#{col}", fontsize=8)
+  fig.suptitle("top-5 images per caption (true image framed green)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+  """[N, D] -> [N, 2]: the projection on the first two principal components."""
+  x = np.asarray(x, np.float64)
+  centred = x - x.mean(axis=0)
+  _, _, vt = np.linalg.svd(centred, full_matrices=False)
+  return centred @ vt[:2].T
+
+
+def plot_embeddings_pca(image_emb, text_emb, path: str, max_points: int = 2000,
+                        seed: int = 0) -> str:
+  """Both modalities projected together, so the gap between them shows."""
+  plt = _pyplot()
+  rng = np.random.default_rng(seed)
+  img = image_emb[rng.permutation(len(image_emb))[:max_points]]
+  txt = text_emb[rng.permutation(len(text_emb))[:max_points]]
+  xy = pca_2d(np.concatenate([img, txt]))
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ax.scatter(*xy[:len(img)].T, s=4, alpha=0.5, label=f"images ({len(img)})")
+  ax.scatter(*xy[len(img):].T, s=4, alpha=0.5, label=f"captions ({len(txt)})")
+  ax.set(xlabel="PC 1", ylabel="PC 2", title="test embeddings, PCA")
+  ax.legend(markerscale=3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def write_all(workdir: str, data: dict, image_emb, text_emb, captions) -> list[str]:
+  """The three reports for one evaluation; returns their paths."""
+  i2t, t2i = retrieval.retrieval_ranks(image_emb, text_emb, data["text_to_image"])
+  return [
+      plot_recall_curves(i2t, t2i, os.path.join(workdir, "recall_curves.png")),
+      plot_retrieval_grid(data["image"], image_emb, text_emb, captions,
+                          data["text_to_image"], os.path.join(workdir, "retrieval_grid.png")),
+      plot_embeddings_pca(image_emb, text_emb, os.path.join(workdir, "embeddings_pca.png")),
+  ]
