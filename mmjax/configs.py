@@ -115,6 +115,12 @@ def base() -> ml_collections.ConfigDict:
   # Consecutive steps with a non-finite loss or gradient (each skipped, its
   # update dropped) before the run rolls back to its last checkpoint.
   c.max_bad_steps = 5
+
+  # A jax.profiler trace of steps [start_step, start_step + num_steps) in
+  # workdir/profile; start_step 0: off.
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 0
+  c.profile.num_steps = 5
   return c
 
 
@@ -147,7 +153,7 @@ def vit_b16_on_prepared_data(name: str):
 # Keys that may differ between a checkpoint's config and the resuming run's:
 # they change when and how the run reports and where it reads, not what it
 # computes. A key matches if it equals an entry or lies under one.
-RUNTIME_KEYS = ("log_every", "eval_every", "checkpoint_every", "checkpoint", "eval",
+RUNTIME_KEYS = ("log_every", "eval_every", "checkpoint_every", "checkpoint", "eval", "profile",
                 "resume", "max_bad_steps", "mesh", "init", "data.num_workers",
                 "data.prefetch", "data.data_dir")
 

@@ -117,6 +117,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   meter, window = _Throughput(), []
   bad_records = 0  # unreadable records replaced by the pipeline (this process)
   step = start
+  profiler = perf.Profiler(os.path.join(workdir, "profile"), config.profile.start_step,
+                           config.profile.num_steps)
   try:
     with faults.Preemption() as preemption:
       while step < total:
@@ -124,7 +126,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         local = next(batches)
         bad_records += int(local.pop("bad_records", 0))
         batch = multihost.global_batch(local, batch_sharding, config.batch_size)
+        profiler.before(step)
         state, m = compiled(state, batch)
+        profiler.after(step, m)
         # Reading the flag waits for this step only; the pipeline has the next
         # batch ready, so the check costs no throughput.
         bad_run = bad_run + 1 if float(m["train/skipped"]) else 0
@@ -193,6 +197,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     "to continue.")
           return {"preempted": True, "step": step}
   finally:
+    profiler.close()
     bar.close()
     batches.close()  # stops grain's worker processes
     checkpoint.wait(mngr)

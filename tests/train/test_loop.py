@@ -32,12 +32,15 @@ def _rows(workdir):
 def trained(tmp_path_factory):
   """Six steps with eval and checkpoints at 3 and 6."""
   workdir = str(tmp_path_factory.mktemp("run"))
-  result = loop.train_and_evaluate(tiny_config(), workdir)
+  result = loop.train_and_evaluate(
+      tiny_config(**{"profile.start_step": 2, "profile.num_steps": 2}), workdir)
   return workdir, result
 
 
 def test_workdir_holds_every_promised_file(trained):
   workdir, result = trained
+  traces = [f for _, _, files in os.walk(os.path.join(workdir, "profile")) for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
   for name in ("metrics.jsonl", "eval.json", "config.json", "curves.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
