@@ -91,8 +91,11 @@ def base() -> ml_collections.ConfigDict:
   c.eval.batch_size = 500     # images (and captions) encoded per call
   c.eval.num_images = 1000    # first N test images (-1: all); shapes has 1,000 x 5 captions
   # Evaluator -> period: 0 at every eval_every, N every N steps, -1 only at the
-  # end (and in python -m mmjax.evaluate). See mmjax/eval/suite.py.
-  c.eval.evaluators = ml_collections.ConfigDict({"retrieval": 0})
+  # end (and in python -m mmjax.evaluate), None off. See mmjax/eval/suite.py.
+  c.eval.evaluators = ml_collections.ConfigDict({
+      "retrieval": 0,
+      "zeroshot": ml_collections.config_dict.placeholder(int),  # None: off
+      "itm": ml_collections.config_dict.placeholder(int)})
 
   # Warm start (LiT): before step 0 of a fresh run (not on resume), the params
   # matching init.include are copied from another run's checkpoint.

@@ -44,7 +44,7 @@ def evaluate_workdir(config, workdir: str, export: str | None = None) -> dict:
   if restored is None:
     raise FileNotFoundError(f"{ckpt_dir} holds no complete checkpoint; train first.")
   test = pipeline.test_data(config, tok)
-  names = list(config.eval.evaluators)
+  names = list(suite.enabled(config.eval.evaluators))
   if export and "retrieval" not in names:
     names.append("retrieval")  # the export needs its embeddings
   result, embeddings = suite.run(names, model, restored.state.params, test, tok, config)

@@ -2,9 +2,10 @@
 
 `config.eval.evaluators` maps an evaluator to its period in steps:
 
-  0    at every `eval_every` (the default for retrieval)
-  N    every N steps
-  -1   only at the end of training, and in `python -m mmjax.evaluate`
+  0     at every `eval_every` (the default for retrieval)
+  N     every N steps
+  -1    only at the end of training, and in `python -m mmjax.evaluate`
+  None  off (`--config.eval.evaluators.itm=-1` turns the ITM heads on)
 
 Evaluators:
 
@@ -28,7 +29,7 @@ SHAPES_ONLY = ("zeroshot", "itm")
 def check(config) -> None:
   """Raises ValueError for an unknown evaluator, a bad period, or one the data
   cannot support."""
-  for name, period in config.eval.evaluators.items():
+  for name, period in enabled(config.eval.evaluators).items():
     if name not in EVALUATORS:
       raise ValueError(f"config.eval.evaluators has {name!r}; choose from {EVALUATORS}.")
     if not isinstance(period, int) or period < -1:
@@ -39,10 +40,15 @@ def check(config) -> None:
                        f"remove it from config.eval.evaluators for {config.data.name!r}.")
 
 
+def enabled(evaluators: Mapping[str, int | None]) -> dict[str, int]:
+  """The evaluators that are on, with their periods."""
+  return {name: period for name, period in evaluators.items() if period is not None}
+
+
 def due(evaluators: Mapping[str, int], step: int, total: int, eval_every: int) -> list[str]:
   """The evaluators to run after `step` of `total`."""
   names = []
-  for name, period in evaluators.items():
+  for name, period in enabled(evaluators).items():
     period = eval_every if period == 0 else period
     if step == total or (period > 0 and step % period == 0):
       names.append(name)

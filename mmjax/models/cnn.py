@@ -39,7 +39,9 @@ class ConvNet(nn.Module):
     widths: channels of each stage; stage i > 0 starts with a stride-2 block.
     blocks_per_stage: ConvBlocks per stage.
 
-  images: [B, H, W, C] float -> [B, widths[-1]] float
+  images: [B, H, W, C] float -> [B, widths[-1]] float; with return_sequence=True,
+  (that, [B, h * w, widths[-1]]): the last stage's feature map, one token per
+  position, for heads that attend over image regions.
   """
 
   widths: Sequence[int] = (32, 64, 128)
@@ -47,14 +49,16 @@ class ConvNet(nn.Module):
   dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, return_sequence: bool = False):
     x = images.astype(self.dtype)
     for stage, width in enumerate(self.widths):
       for i in range(self.blocks_per_stage):
         stride = 2 if stage > 0 and i == 0 else 1
         x = ConvBlock(width, stride, dtype=self.dtype, name=f"stage{stage}_block{i}")(x)
+    seq = x.reshape(x.shape[0], -1, x.shape[-1])
     x = x.mean(axis=(1, 2))
-    return layers.LayerNorm(dtype=self.dtype, name="ln")(
+    pooled = layers.LayerNorm(dtype=self.dtype, name="ln")(
         nn.Dense(x.shape[-1], dtype=self.dtype,
                  kernel_init=logical(layers.DEFAULT_KERNEL_INIT, "conv_out", "embed"),
                  bias_init=logical(nn.initializers.zeros, "embed"))(x)).astype(jnp.float32)
+    return (pooled, seq) if return_sequence else pooled

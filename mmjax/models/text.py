@@ -25,7 +25,9 @@ class TextTransformer(nn.Module):
       "first" (the first token) or "mean" (mean over non-padding tokens).
     pad_id: the id that marks padding.
 
-  tokens: [B, L] int -> [B, width] float
+  tokens: [B, L] int -> [B, width] float; with return_sequence=True, (that,
+  [B, L, width] float): every position's output, padding included (mask it with
+  `tokens != pad_id`).
   """
 
   vocab_size: int
@@ -41,7 +43,7 @@ class TextTransformer(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, tokens):
+  def __call__(self, tokens, return_sequence: bool = False):
     if self.pool not in POOLS:
       raise ValueError(f"text pool={self.pool!r}; choose one of {POOLS}.")
     b, length = tokens.shape
@@ -70,9 +72,11 @@ class TextTransformer(nn.Module):
                        remat=self.remat, name="encoder")(x, mask)
 
     if self.pool == "first":
-      return x[:, 0]
-    if self.pool == "mean":
+      pooled = x[:, 0]
+    elif self.pool == "mean":
       w = valid.astype(x.dtype)[..., None]
-      return (x * w).sum(1) / jnp.maximum(w.sum(1), 1)
-    last = jnp.maximum(valid.sum(axis=1) - 1, 0)  # index of the last real token
-    return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+      pooled = (x * w).sum(1) / jnp.maximum(w.sum(1), 1)
+    else:
+      last = jnp.maximum(valid.sum(axis=1) - 1, 0)  # index of the last real token
+      pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    return (pooled, x) if return_sequence else pooled

@@ -13,6 +13,13 @@ from mmjax.models.layers import logical
 IMAGE_TOWERS = {"vit": vit.ViT, "cnn": cnn.ConvNet}
 
 
+def _image_input(images):
+  """uint8 [0, 255] -> float [-1, 1] exactly as encode_image does; float passes."""
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) * (2 / 255) - 1
+  return images
+
+
 def _l2_normalize(x, eps=1e-6):
   x = x.astype(jnp.float32)
   return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
@@ -73,6 +80,26 @@ class TwoTower(nn.Module):
   def encode_text(self, tokens):
     """tokens: [B, L] int -> [B, D] unit norm."""
     return _l2_normalize(self.text_proj(self.text_tower(tokens)))
+
+  def encode_tokens(self, images=None, tokens=None):
+    """Token-level tower outputs, for matching heads that fuse the modalities.
+
+    images: [B, H, W, C] as in encode_image, or None; tokens: [B', L] int, or None.
+    Returns a dict with, for images, image_tokens [B, P, W_img] (the image tower's
+    sequence before pooling: ViT patch tokens, or the ConvNet's last feature map)
+    and zimg [B, D]; for tokens, text_tokens [B', L, W_txt], text_mask [B', L]
+    bool (True on real tokens) and ztxt [B', D]. zimg and ztxt are computed as
+    in encode_image / encode_text, from the same pass: no extra parameters.
+    """
+    out = {}
+    if images is not None:
+      pooled, seq = self.image_tower(_image_input(images), return_sequence=True)
+      out.update(image_tokens=seq, zimg=_l2_normalize(self.image_proj(pooled)))
+    if tokens is not None:
+      pooled, seq = self.text_tower(tokens, return_sequence=True)
+      out.update(text_tokens=seq, text_mask=tokens != self.text_tower.pad_id,
+                 ztxt=_l2_normalize(self.text_proj(pooled)))
+    return out
 
   def __call__(self, images, tokens):
     scale = jnp.exp(jnp.minimum(self.log_scale, math.log(self.max_temperature)))

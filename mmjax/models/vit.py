@@ -54,7 +54,9 @@ class ViT(nn.Module):
     dtype: compute dtype; parameters stay float32.
     remat: recompute block activations in the backward pass.
 
-  images: [B, H, W, C] float -> [B, width] float
+  images: [B, H, W, C] float -> [B, width] float; with return_sequence=True,
+  (that, [B, P, width] float): the P patch tokens before pooling (the class
+  token left out), for heads that attend over patches.
   """
 
   patch_size: int = 16
@@ -68,7 +70,7 @@ class ViT(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, return_sequence: bool = False):
     if self.pool not in POOLS:
       raise ValueError(f"ViT pool={self.pool!r}; choose one of {POOLS}.")
     if self.stem not in STEMS:
@@ -99,7 +101,9 @@ class ViT(nn.Module):
     x = layers.Encoder(self.depth, self.num_heads, mlp_dim, dtype=self.dtype,
                        remat=self.remat, name="encoder")(x)
     if self.pool == "gap":
-      return x.mean(axis=1)
-    if self.pool == "cls":
-      return x[:, 0]
-    return layers.MAPHead(self.num_heads, mlp_dim, dtype=self.dtype, name="map_head")(x)
+      pooled = x.mean(axis=1)
+    elif self.pool == "cls":
+      pooled, x = x[:, 0], x[:, 1:]
+    else:
+      pooled = layers.MAPHead(self.num_heads, mlp_dim, dtype=self.dtype, name="map_head")(x)
+    return (pooled, x) if return_sequence else pooled

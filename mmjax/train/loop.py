@@ -204,7 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.close()
 
   if last_eval is None:  # resumed at the end: evaluate what is there
-    last_eval = run_eval(start, list(config.eval.evaluators))
+    last_eval = run_eval(start, list(suite.enabled(config.eval.evaluators)))
   if primary:
     metrics_lib.plot_curves(workdir)
     print(suite.format_results(last_eval), flush=True)

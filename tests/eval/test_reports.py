@@ -52,6 +52,8 @@ def test_due_follows_each_period():
   assert suite.due(evaluators, 4, 12, eval_every=3) == ["zeroshot"]
   assert suite.due(evaluators, 5, 12, eval_every=3) == []
   assert suite.due(evaluators, 12, 12, eval_every=3) == ["retrieval", "zeroshot", "itm"]
+  assert suite.due({**evaluators, "itm": None}, 12, 12, eval_every=3) == [
+      "retrieval", "zeroshot"]
 
 
 @pytest.mark.parametrize("evaluators, data, pattern", [

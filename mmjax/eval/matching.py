@@ -1,0 +1,379 @@
+"""Image-text matching (ITM): a binary head on the towers that says whether an
+image and a caption match, trained and scored on mined hard negatives.
+
+Data: {"image": [N, H, W, C], "text": int [M, L], "text_to_image": int [M],
+"group": int [N] (optional)}, as `pipeline.test_data`. Images of one group are
+interchangeable (on shapes: the same scene), so a caption matches every image
+of its image's group; by default each image is its own group.
+
+Pairs (`make_pairs`, the same for training and test): every (image, caption)
+is a positive and gets one negative, so classes are balanced. A seeded coin
+per positive swaps either its caption, for a hard-negative caption of the
+image, or its image, for a hard-negative image of the caption. A hard negative
+is drawn uniformly from the `top_k` items most similar to the query by the
+contrastive similarity zimg . ztxt, among other groups only: never a true
+match, nor a paraphrase of a duplicate scene (which would be the most similar
+"negative" of all). A fraction `easy_fraction` is drawn uniformly from all
+other groups instead. Draws are keyed by (seed, side, positive index), so a
+model's test pairs are fixed; but they are that model's own hard negatives, and
+two models are each scored on theirs. Hardness grows with the gallery mined
+(more images, closer neighbours), so training mines within pools of images the
+size of the test split.
+
+Training (`train_head`): with frozen towers (the default) the towers' outputs
+on the train data are computed once, pairs mined once on them, and the head
+trained with Adam on the binary cross-entropy of shuffled minibatches. With
+freeze_towers=False the towers train too, and negatives are mined within each
+batch from the current embeddings (ALBEF's in-batch mining).
+
+Metrics (`evaluate_head`): accuracy, precision, recall and F1 of logit > 0,
+and ROC AUC, as "itm/<kind>/<metric>". A trained head is stored in the params
+tree under "itm_<kind>", beside the towers' params.
+"""
+
+import functools
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mmjax.eval.pairs import binary_metrics, make_pairs, roc_auc, sample_hard_negatives
+from mmjax.models.fusion import HEADS, NEEDS_TOKENS, make_head
+
+IMAGE_KEYS = ("zimg", "image_tokens")
+TEXT_KEYS = ("ztxt", "text_tokens", "text_mask")
+# A linear head moves its logit by ~lr * |feature| per Adam step, and its
+# features (products of unit vectors' coordinates) are small: it needs a
+# larger step than the MLP and attention heads to reach useful logits.
+DEFAULT_LR = {"concat_mlp": 1e-3, "weighted_sum": 1e-2, "cross_attention": 1e-3}
+# run_itm's settings; config.eval.itm (a dict, optional) overrides any of them.
+ITM_DEFAULTS = {"num_train": 2000, "steps": 1000, "batch_size": 256, "top_k": 16,
+                "easy_fraction": 0.0}
+# Test pairs do not depend on the training seed: reruns compare.
+TEST_SEED = 0
+
+
+# --- tower outputs -------------------------------------------------------------
+
+def head_key(kind: str) -> str:
+  """Where head `kind` lives in a params tree: "itm_<kind>"."""
+  make_head(kind)  # unknown kinds fail here, listing the known ones
+  return f"itm_{kind}"
+
+
+def tower_params(params: Mapping) -> dict:
+  """The model's own params: the tree without its ITM heads."""
+  return {k: v for k, v in params.items() if not str(k).startswith("itm_")}
+
+
+def load_head(params: Mapping, kind: str):
+  """The params of head `kind` from a params tree (or a {"params": ...} dict);
+  ValueError naming the missing head and how to get it."""
+  key = head_key(kind)
+  tree = params["params"] if "params" in params and key not in params else params
+  if key not in tree:
+    have = sorted(k for k in tree if str(k).startswith("itm_")) or "none"
+    raise ValueError(
+        f"this checkpoint has no ITM head {kind!r} (no {key!r} in its params; ITM "
+        f"heads it has: {have}); train it with mmjax.eval.matching.train_head("
+        f"{kind!r}, model, params, train_data), which returns the params with the head "
+        f"under {key!r}.")
+  return tree[key]
+
+
+def _replicated_like(params):
+  """Replicated on the params' mesh when they are sharded over one, else None."""
+  for leaf in jax.tree.leaves(params):
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  return None
+
+
+@functools.lru_cache(maxsize=8)
+def _encoder(model, side: str, sharding):
+  def encode(params, x):
+    args = (x, None) if side == "image" else (None, x)
+    return model.apply({"params": params}, *args, method=model.encode_tokens)
+
+  return jax.jit(encode) if sharding is None else jax.jit(encode, out_shardings=sharding)
+
+
+def tower_features(model, params, data: Mapping, *, tokens: bool = True,
+                   batch_size: int = 256) -> dict[str, np.ndarray]:
+  """The towers' outputs on data (see the module docstring).
+
+  Returns {"zimg": [N, D], "ztxt": [M, D]} float32 and, with tokens,
+  "image_tokens" [N, P, W_img], "text_tokens" [M, L, W_txt] float32 and
+  "text_mask" [M, L] bool (TwoTower.encode_tokens).
+  """
+  params = tower_params(params)
+  sharding = _replicated_like(params)
+  put = (lambda x: x) if sharding is None else (lambda x: jax.device_put(x, sharding))
+  out = {}
+  for side, x in (("image", np.asarray(data["image"])), ("text", np.asarray(data["text"]))):
+    fn, size = _encoder(model, side, sharding), min(batch_size, len(x))
+    chunks = []
+    for start in range(0, len(x), size):  # fixed-size calls, the last one padded
+      chunk = x[start:start + size]
+      padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), 0)])
+      chunks.append({k: np.asarray(v)[:len(chunk)] for k, v in fn(params, put(padded)).items()
+                     if tokens or k in ("zimg", "ztxt")})
+    for k in chunks[0]:
+      v = np.concatenate([c[k] for c in chunks])
+      out[k] = v if v.dtype == bool else v.astype(np.float32)
+  return out
+
+
+def _gather(feats: Mapping, image, text) -> dict:
+  """Per-pair features: image-side keys at `image`, text-side keys at `text`."""
+  out = {k: feats[k][image] for k in IMAGE_KEYS if k in feats}
+  out.update({k: feats[k][text] for k in TEXT_KEYS if k in feats})
+  return out
+
+
+def _head_features(kind: str, feats: Mapping) -> dict:
+  """The features head `kind` reads, on device (only those: the pooled heads
+  need not gather token sequences at every step)."""
+  if kind not in NEEDS_TOKENS:
+    return {k: jnp.asarray(feats[k]) for k in ("zimg", "ztxt")}
+  if "image_tokens" not in feats:
+    raise ValueError(f"the {kind!r} head reads token sequences; compute the features "
+                     "with tower_features(..., tokens=True).")
+  return {k: jnp.asarray(v) for k, v in feats.items()}
+
+
+# --- training and evaluation ----------------------------------------------------
+
+def _group(data: Mapping) -> np.ndarray:
+  return np.asarray(data["group"]) if "group" in data else np.arange(len(data["image"]))
+
+
+def train_head(kind: str, model, params, train_data: Mapping, *, steps: int = 1000,
+               batch_size: int = 256, lr: float | None = None, seed: int = 0,
+               freeze_towers: bool = True, head_cfg: Mapping | None = None,
+               top_k: int = 16, easy_fraction: float = 0.0, pool: int | None = None,
+               features=None) -> dict:
+  """Trains ITM head `kind` on train_data (see the module docstring).
+
+  params: the TwoTower's params; lr: Adam's step (default DEFAULT_LR[kind]);
+  head_cfg: attributes of the head (fusion.make_head); top_k, easy_fraction,
+  pool: as in make_pairs (with trained towers the batch is the pool);
+  features: precomputed `tower_features(model, params, train_data)`, shared
+  between heads (frozen towers only).
+  Returns the params tree with the head under "itm_<kind>" (and, with
+  freeze_towers=False, the trained towers in place of the given ones).
+  """
+  head = make_head(kind, **dict(head_cfg or {}))
+  lr = DEFAULT_LR[kind] if lr is None else lr
+  tx = optax.adam(lr)
+  if not freeze_towers:
+    towers, head_params = _train_with_towers(head, tx, model, tower_params(params), train_data,
+                                             steps=steps, batch_size=batch_size, seed=seed,
+                                             top_k=top_k)
+    return {**dict(params), **towers, head_key(kind): head_params}
+
+  if features is None:
+    features = tower_features(model, params, train_data, tokens=kind in NEEDS_TOKENS)
+  feats = _head_features(kind, features)  # on device once
+  pairs = make_pairs(features["zimg"], features["ztxt"], train_data["text_to_image"],
+                     _group(train_data), top_k=top_k, seed=seed, easy_fraction=easy_fraction,
+                     pool=pool)
+
+  @jax.jit
+  def step(head_params, opt_state, feats, image, text, label):
+    def loss_fn(p):
+      logits = head.apply({"params": p}, _gather(feats, image, text))
+      return optax.sigmoid_binary_cross_entropy(logits, label).mean()
+
+    updates, opt_state = tx.update(jax.grad(loss_fn)(head_params), opt_state, head_params)
+    return optax.apply_updates(head_params, updates), opt_state
+
+  head_params = nn.meta.unbox(head.init(jax.random.key(seed),
+                                        _gather(feats, pairs["image"][:1], pairs["text"][:1])))
+  head_params = head_params["params"]
+  opt_state = tx.init(head_params)
+  rng = np.random.default_rng(seed)
+  n = len(pairs["label"])
+  batch_size = min(batch_size, n)
+  order, cursor = rng.permutation(n), 0
+  for _ in range(steps):
+    if cursor + batch_size > n:  # a fresh shuffle each epoch; every batch full
+      order, cursor = rng.permutation(n), 0
+    b = order[cursor:cursor + batch_size]
+    cursor += batch_size
+    head_params, opt_state = step(head_params, opt_state, feats, pairs["image"][b],
+                                  pairs["text"][b], pairs["label"][b])
+  return {**dict(params), head_key(kind): head_params}
+
+
+def _train_with_towers(head, tx, model, towers, data, *, steps, batch_size, seed, top_k):
+  """Head and towers trained together; negatives mined in each batch. Returns
+  (tower params, head params)."""
+  t2i = np.asarray(data["text_to_image"])
+  group = _group(data)
+  key = jax.random.key(seed)
+
+  def loss_fn(params, images, tokens, groups, step_key):
+    out = model.apply({"params": params["towers"]}, images, tokens,
+                      method=model.encode_tokens)
+    b = len(groups)
+    rows = jnp.arange(b)
+    sim = jax.lax.stop_gradient(out["zimg"] @ out["ztxt"].T)  # [B, B]; diagonal = positives
+    same = groups[:, None] == groups[None, :]
+    keys = lambda s: jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(step_key, s), rows)
+    neg_text, ok_text = sample_hard_negatives(keys(0), sim, same, top_k)
+    neg_image, ok_image = sample_hard_negatives(keys(1), sim.T, same.T, top_k)
+    swap_text = jax.random.bernoulli(jax.random.fold_in(step_key, 2), 0.5, (b,))
+    image = jnp.concatenate([rows, jnp.where(swap_text, rows, neg_image)])
+    text = jnp.concatenate([rows, jnp.where(swap_text, neg_text, rows)])
+    label = jnp.concatenate([jnp.ones(b), jnp.zeros(b)])
+    weight = jnp.concatenate([jnp.ones(b), jnp.where(swap_text, ok_text, ok_image)])
+    logits = head.apply({"params": params["head"]}, _gather(out, image, text))
+    loss = optax.sigmoid_binary_cross_entropy(logits, label)
+    return (loss * weight).sum() / weight.sum()
+
+  @jax.jit
+  def step(params, opt_state, images, tokens, groups, step_key):
+    grads = jax.grad(loss_fn)(params, images, tokens, groups, step_key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  rng = np.random.default_rng(seed)
+  batch_size = min(batch_size, len(t2i))
+  pick = lambda: rng.choice(len(t2i), batch_size, replace=False)
+  shapes = jax.eval_shape(functools.partial(model.apply, method=model.encode_tokens),
+                          {"params": towers}, data["image"][:1], data["text"][:1])
+  example = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+  params = {"towers": towers, "head": nn.meta.unbox(head.init(key, example))["params"]}
+  opt_state = tx.init(params)
+  for s in range(steps):
+    j = pick()
+    params, opt_state = step(params, opt_state, data["image"][t2i[j]], data["text"][j],
+                             group[t2i[j]], jax.random.fold_in(key, s))
+  return params["towers"], params["head"]
+
+
+def head_logits(kind: str, head_params, features: Mapping, pairs: Mapping, *,
+                head_cfg: Mapping | None = None, batch_size: int = 512) -> np.ndarray:
+  """Logits [P] of head `kind` on `pairs` (make_pairs) of `features` (tower_features)."""
+  head = make_head(kind, **dict(head_cfg or {}))
+  feats = _head_features(kind, features)
+  fn = jax.jit(lambda p, i, t: head.apply({"params": p}, _gather(feats, i, t)))
+  n = len(pairs["label"])
+  size = min(batch_size, n)
+  out = []
+  for start in range(0, n, size):  # fixed-size calls, the last one padded
+    i, t = pairs["image"][start:start + size], pairs["text"][start:start + size]
+    pad = size - len(i)
+    out.append(np.asarray(fn(head_params, np.pad(i, (0, pad)), np.pad(t, (0, pad))))[:len(i)])
+  return np.concatenate(out)
+
+
+def evaluate_head(kind: str, model, params, test_data: Mapping, *,
+                  head_cfg: Mapping | None = None, seed: int = TEST_SEED, top_k: int = 16,
+                  easy_fraction: float = 0.0, batch_size: int = 256,
+                  features=None) -> dict[str, float]:
+  """Scores head `kind` (from params["itm_<kind>"]) on test_data's pairs.
+
+  features: precomputed tower_features(model, params, test_data) (optional).
+  Returns {"itm/<kind>/accuracy", ".../precision", ".../recall", ".../f1",
+  ".../auc"}: floats, threshold 0 on the logit.
+  """
+  head_params = load_head(params, kind)
+  if features is None:
+    features = tower_features(model, params, test_data, tokens=kind in NEEDS_TOKENS,
+                              batch_size=batch_size)
+  pairs = make_pairs(features["zimg"], features["ztxt"], test_data["text_to_image"],
+                     _group(test_data), top_k=top_k, seed=seed, easy_fraction=easy_fraction)
+  logits = head_logits(kind, head_params, features, pairs, head_cfg=head_cfg)
+  return {f"itm/{kind}/{k}": v for k, v in binary_metrics(logits, pairs["label"]).items()}
+
+
+# --- the shapes evaluator ------------------------------------------------------
+
+def _scene_groups(scenes) -> np.ndarray:
+  """Scenes -> ints, equal for scenes with the same captions (shapes.canonical)."""
+  from mmjax.data import shapes  # pylint: disable=g-import-not-at-top
+  ids = {}
+  return np.asarray([ids.setdefault(shapes.canonical(s), len(ids)) for s in scenes])
+
+
+def shapes_train_data(config, tokenizer, num_images: int) -> dict:
+  """Training examples 0 .. num_images-1 of config.seed (the rows of the first
+  `shapes.train_batch`es), with all their captions, tokenized and grouped by
+  scene.
+
+  train_batch keeps one caption per image; the test split has five, and a
+  gallery with five paraphrases per image yields harder negatives than one
+  with one. Keeping every caption makes the train pairs as hard as the test's.
+  """
+  from mmjax.data import shapes  # pylint: disable=g-import-not-at-top
+  examples = [shapes.example(config.seed, "train", i, config.data.image_size)
+              for i in range(num_images)]
+  captions = [c for e in examples for c in e["captions"]]
+  per_image = len(examples[0]["captions"])
+  return {"image": np.stack([e["image"] for e in examples]),
+          "text": tokenizer.encode(captions, config.data.context_length),
+          "text_to_image": np.repeat(np.arange(num_images, dtype=np.int32), per_image),
+          "group": _scene_groups([e["scene"] for e in examples])}
+
+
+def shapes_test_data(config, tokenizer) -> dict:
+  """pipeline.test_data with each image's scene group."""
+  from mmjax.data import pipeline, shapes  # pylint: disable=g-import-not-at-top
+  test = dict(pipeline.test_data(config, tokenizer))
+  split = shapes.test_split(image_size=config.data.image_size, num_images=pipeline.TEST_IMAGES)
+  test["group"] = _scene_groups(split["scenes"][:len(test["image"])])
+  return test
+
+
+def itm_settings(config) -> dict:
+  """ITM_DEFAULTS overridden by config.eval.itm, if the config has it."""
+  settings = dict(ITM_DEFAULTS)
+  overrides = dict(config.eval.get("itm", None) or {})
+  unknown = sorted(set(overrides) - set(ITM_DEFAULTS))
+  if unknown:
+    raise ValueError(f"config.eval.itm has unknown keys {unknown}; known: "
+                     f"{sorted(ITM_DEFAULTS)}.")
+  settings.update(overrides)
+  return settings
+
+
+def run_itm(model, params, tokenizer, config, kinds: Sequence[str] = tuple(HEADS)
+            ) -> dict[str, float]:
+  """Trains each head in `kinds` on frozen towers over the shapes training stream
+  and scores it on the shapes test split.
+
+  Returns the evaluate_head metrics of every kind, plus "itm/contrastive/auc":
+  the ROC AUC of the model's own similarity on the same test pairs, the bar a
+  head has to clear.
+  """
+  s = itm_settings(config)
+  for kind in kinds:
+    head_key(kind)  # fail before any work on an unknown kind
+  tokens = any(kind in NEEDS_TOKENS for kind in kinds)
+  train = shapes_train_data(config, tokenizer, s["num_train"])
+  test = shapes_test_data(config, tokenizer)
+  # Negatives mined over more images are closer to their positives: train
+  # pairs are mined in pools the size of the test split, so the head learns
+  # negatives as hard as those it is scored on.
+  pool = len(test["image"])
+  bs = config.eval.batch_size
+  train_f = tower_features(model, params, train, tokens=tokens, batch_size=bs)
+  test_f = tower_features(model, params, test, tokens=tokens, batch_size=bs)
+
+  pairs = make_pairs(test_f["zimg"], test_f["ztxt"], test["text_to_image"], test["group"],
+                     top_k=s["top_k"], seed=TEST_SEED, easy_fraction=s["easy_fraction"])
+  cosine = np.sum(test_f["zimg"][pairs["image"]] * test_f["ztxt"][pairs["text"]], axis=-1)
+  metrics = {"itm/contrastive/auc": roc_auc(cosine, pairs["label"])}
+  for kind in kinds:
+    trained = train_head(kind, model, params, train, steps=s["steps"],
+                         batch_size=s["batch_size"], seed=config.seed, top_k=s["top_k"],
+                         easy_fraction=s["easy_fraction"], pool=pool, features=train_f)
+    metrics.update(evaluate_head(kind, model, trained, test, top_k=s["top_k"],
+                                 easy_fraction=s["easy_fraction"], features=test_f))
+  return metrics
