@@ -96,6 +96,7 @@ def base() -> ml_collections.ConfigDict:
       "retrieval": 0,
       "zeroshot": ml_collections.config_dict.placeholder(int),  # None: off
       "itm": ml_collections.config_dict.placeholder(int)})
+  c.eval.reports = True       # recall curves, retrieval grid, PCA plot at the end
 
   # Warm start (LiT): before step 0 of a fresh run (not on resume), the params
   # matching init.include are copied from another run's checkpoint.

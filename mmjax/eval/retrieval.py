@@ -76,6 +76,11 @@ def _chunks(fn, queries: np.ndarray, extras: tuple, chunk_size: int, pad_extras)
   n = queries.shape[0]
   chunk = -(-min(chunk_size, n) // mesh.size) * mesh.size
   starts = list(range(0, n, chunk))
+  total = len(starts)
+  # Every process runs the same number of chunks (padding ones past the end
+  # where needed): the gather below is a collective all of them must join.
+  while len(starts) % jax.process_count():
+    starts.append(n)
   mine = starts[jax.process_index()::jax.process_count()]
   out = []
   for start in mine:
@@ -86,20 +91,19 @@ def _chunks(fn, queries: np.ndarray, extras: tuple, chunk_size: int, pad_extras)
                for x, v in zip(parts, (0, *pad_extras))]
     out.append(jax.device_get(fn(*(jax.device_put(x, rows) for x in parts))))
   if jax.process_count() > 1:
-    out = _gather_chunks(out, len(starts))
+    out = _gather_chunks(out, len(starts))[:total]
   return out
 
 
 def _gather_chunks(mine: list, total: int) -> list:
-  """Chunk results of every process, back in chunk order (process p did p::P)."""
+  """Chunk results of every process, back in chunk order (process p did p::P).
+
+  total is a multiple of the process count, so every process holds
+  total / count results of the same shapes."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   count = jax.process_count()
-  per_process = -(-total // count)
-  leaves, treedef = jax.tree.flatten(mine[0] if mine else None)
-  padded = [jax.tree.leaves(m) for m in mine]
-  while len(padded) < per_process:
-    padded.append([np.zeros_like(x) for x in padded[0]])
-  stacked = [np.stack([p[i] for p in padded]) for i in range(len(leaves))]
+  leaves, treedef = jax.tree.flatten(mine[0])
+  stacked = [np.stack([jax.tree.leaves(m)[i] for m in mine]) for i in range(len(leaves))]
   gathered = multihost_utils.process_allgather(stacked)  # [processes, chunks, ...]
   out = []
   for c in range(total):

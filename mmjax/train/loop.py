@@ -97,7 +97,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     latest.update(result)
     if primary:
       metrics_lib.write_json(os.path.join(workdir, "eval.json"), {**latest, "step": step})
-      if embeddings and step == total:
+      if embeddings and step == total and config.eval.reports:
         reports.write_all(workdir, test, embeddings["image"], embeddings["text"],
                           tok.decode(test["text"]))
     return {**latest, "step": step}

@@ -21,6 +21,7 @@ def tiny_config(**overrides):
   c.optim.warmup_steps = 2
   c.eval.num_images = 20
   c.eval.batch_size = 20
+  c.eval.reports = False  # plotting costs seconds per run; test_loop turns it on
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split(".")

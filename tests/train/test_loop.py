@@ -33,7 +33,8 @@ def trained(tmp_path_factory):
   """Six steps with eval and checkpoints at 3 and 6."""
   workdir = str(tmp_path_factory.mktemp("run"))
   result = loop.train_and_evaluate(
-      tiny_config(**{"profile.start_step": 2, "profile.num_steps": 2}), workdir)
+      tiny_config(**{"profile.start_step": 2, "profile.num_steps": 2,
+                     "eval.reports": True}), workdir)
   return workdir, result
 
 
@@ -41,7 +42,8 @@ def test_workdir_holds_every_promised_file(trained):
   workdir, result = trained
   traces = [f for _, _, files in os.walk(os.path.join(workdir, "profile")) for f in files]
   assert any(f.endswith(".xplane.pb") for f in traces), traces
-  for name in ("metrics.jsonl", "eval.json", "config.json", "curves.png"):
+  for name in ("metrics.jsonl", "eval.json", "config.json", "curves.png",
+               "recall_curves.png", "retrieval_grid.png", "embeddings_pca.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
   assert any(f.startswith("events.out.tfevents")
