@@ -19,7 +19,7 @@ def _encoder(model, method: str, sharding):
   return jax.jit(encode) if sharding is None else jax.jit(encode, out_shardings=sharding)
 
 
-def _replicated_like(params):
+def replicated_like(params):
   """Replicated on the params' mesh when they are sharded there, else None.
 
   Evaluation batches are small next to training batches, so inputs and
@@ -54,7 +54,7 @@ def encode_fn(model, params, method: str):
   params may be sharded over a mesh (as the train step leaves them); inputs
   and outputs are then replicated on it.
   """
-  sharding = _replicated_like(params)
+  sharding = replicated_like(params)
   put = (lambda x: x) if sharding is None else (lambda x: jax.device_put(x, sharding))
   fn = _encoder(model, method, sharding)
   return lambda x: fn(params, put(x))

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mmjax.eval import evaluator
 from mmjax.eval.pairs import binary_metrics, make_pairs, roc_auc, sample_hard_negatives
 from mmjax.models.fusion import HEADS, NEEDS_TOKENS, make_head
 
@@ -84,15 +85,6 @@ def load_head(params: Mapping, kind: str):
   return tree[key]
 
 
-def _replicated_like(params):
-  """Replicated on the params' mesh when they are sharded over one, else None."""
-  for leaf in jax.tree.leaves(params):
-    sharding = getattr(leaf, "sharding", None)
-    if isinstance(sharding, jax.sharding.NamedSharding):
-      return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
-  return None
-
-
 @functools.lru_cache(maxsize=8)
 def _encoder(model, side: str, sharding):
   def encode(params, x):
@@ -111,7 +103,7 @@ def tower_features(model, params, data: Mapping, *, tokens: bool = True,
   "text_mask" [M, L] bool (TwoTower.encode_tokens).
   """
   params = tower_params(params)
-  sharding = _replicated_like(params)
+  sharding = evaluator.replicated_like(params)
   put = (lambda x: x) if sharding is None else (lambda x: jax.device_put(x, sharding))
   out = {}
   for side, x in (("image", np.asarray(data["image"])), ("text", np.asarray(data["text"]))):
