@@ -86,6 +86,7 @@ class Preemption:
   def __init__(self):
     self._requested = threading.Event()
     self._previous = None
+    self._notices = True  # whether JAX's preemption service answers
 
   def __enter__(self):
     # Signal handlers can only be installed from the main thread.
@@ -106,15 +107,25 @@ class Preemption:
     """Asks for a stop as SIGTERM would (tests, notebooks)."""
     self._requested.set()
 
-  def should_stop(self, step: int) -> bool:
-    """True on every process once any process was asked to stop (call each step)."""
+  def should_stop(self, step: int, exchange: bool) -> bool:
+    """True on every process, at the same step, once a stop was requested.
+
+    Call every step. JAX's preemption notice (TPU) arrives on all processes
+    at the same step by itself. A SIGTERM reaches one process at a time, so
+    the processes agree on it by an allgather, a host-level collective that
+    would stall every step: it runs only when `exchange` is true (the loop
+    passes its logging steps), so a stop may wait until the next of those.
+    """
     local = self._requested.is_set()
     if jax.process_count() == 1:
       return local
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    try:
-      notice = multihost_utils.reached_preemption_sync_point(step)
-    except Exception:  # pylint: disable=broad-except
-      notice = False  # no preemption service on this platform
-    flags = multihost_utils.process_allgather(np.array(local or notice))
-    return bool(np.any(flags))
+    if self._notices:
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          return True
+      except Exception:  # pylint: disable=broad-except
+        self._notices = False  # no preemption service on this platform: stop asking
+    if not exchange:
+      return False
+    return bool(np.any(multihost_utils.process_allgather(np.array(local))))

@@ -188,7 +188,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           last_saved = step
           meter.pause(time.perf_counter() - t0)
 
-        if preemption.should_stop(step):
+        if preemption.should_stop(step, exchange=_every(step, config.log_every, total)):
           if last_saved != step:
             save(step)
           checkpoint.wait(mngr)
