@@ -51,6 +51,8 @@ class ViT(nn.Module):
     pool: "gap" (mean of patch tokens), "cls" (a learned class token) or "map"
       (multihead attention pooling, as in SigLIP).
     stem: "patch" (non-overlapping patches, one linear map) or "conv" (ConvStem).
+    ln_pre: a LayerNorm on the token sequence before the first block, as in
+      CLIP's ViT (and open_clip's), so its checkpoints' layout can be matched.
     dtype: compute dtype; parameters stay float32.
     remat: recompute block activations in the backward pass.
 
@@ -66,6 +68,7 @@ class ViT(nn.Module):
   mlp_dim: int | None = None
   pool: str = "gap"
   stem: str = "patch"
+  ln_pre: bool = False
   dtype: str = "float32"
   remat: bool = False
 
@@ -97,6 +100,8 @@ class ViT(nn.Module):
                        (1, 1, self.width))
       x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(self.dtype), x],
                           axis=1)
+    if self.ln_pre:
+      x = layers.LayerNorm(dtype=self.dtype, name="ln_pre")(x)
     mlp_dim = self.mlp_dim or 4 * self.width
     x = layers.Encoder(self.depth, self.num_heads, mlp_dim, dtype=self.dtype,
                        remat=self.remat, name="encoder")(x)

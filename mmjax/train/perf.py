@@ -6,8 +6,47 @@ import jax
 import jax.numpy as jnp
 
 
+# Dense peak FLOP/s per device from the vendors' data sheets: (device_kind
+# substring, bfloat16, float32). float32 on NVIDIA is the TF32 tensor-core rate,
+# which XLA uses for float32 matmuls by default; TPUs run float32 matmuls as
+# several bfloat16 passes, so their bfloat16 peak is the ceiling for both.
+# Longest match wins ("H100 PCIe" before "H100").
+DEVICE_PEAKS = (
+    ("H200", 989e12, 494e12),
+    ("H100 PCIe", 756e12, 378e12),
+    ("H100", 989e12, 494e12),
+    ("A100", 312e12, 156e12),
+    ("L4", 121e12, 60e12),
+    ("TPU v4", 275e12, 275e12),
+    ("TPU v5 lite", 197e12, 197e12),
+    ("TPU v5e", 197e12, 197e12),
+    ("TPU v5p", 459e12, 459e12),
+    ("TPU v5", 459e12, 459e12),
+    ("TPU v6 lite", 918e12, 918e12),
+    ("TPU v6e", 918e12, 918e12),
+)
+
+
+def peak_flops_per_sec(device, dtype: str = "bfloat16") -> float | None:
+  """The device's published dense matmul peak for `dtype`, the denominator of
+  MFU; None for CPUs and unknown accelerators (then only `flops_fraction`,
+  against a measured matmul rate, is logged)."""
+  if device.platform == "cpu":
+    return None
+  kind = getattr(device, "device_kind", "")
+  for name, bf16, f32 in sorted(DEVICE_PEAKS, key=lambda p: -len(p[0])):
+    if name.lower() in kind.lower():
+      return bf16 if dtype == "bfloat16" else f32
+  return None
+
+
 def compiled_flops(compiled) -> float | None:
-  """FLOPs of one call of a compiled function, from XLA's cost analysis."""
+  """FLOPs of one call of a compiled function, from XLA's cost analysis.
+
+  For a program partitioned over several devices this is the work of one
+  device (XLA analyses the per-device program), the numerator of that
+  device's MFU.
+  """
   try:
     cost = compiled.cost_analysis()
   except Exception:  # some backends do not implement it
@@ -17,6 +56,64 @@ def compiled_flops(compiled) -> float | None:
   if not cost or "flops" not in cost:
     return None
   return float(cost["flops"])
+
+
+def _transformer_flops(tokens: int, width: int, depth: int, mlp_dim: int | None) -> float:
+  """Forward FLOPs (2 per multiply-add) of `depth` pre-LN blocks over one sequence.
+
+  Per token: q, k, v and output projections (4 W^2 MACs) and the MLP (2 W M);
+  per pair of tokens: scores and the weighted sum of values (2 W). Masked
+  (causal, padded) pairs are counted: they are computed, then masked.
+  """
+  mlp = mlp_dim or 4 * width
+  return 2.0 * depth * (tokens * (4 * width * width + 2 * width * mlp)
+                        + 2 * tokens * tokens * width)
+
+
+def _vit_flops(cfg: dict, image_size: int, channels: int = 3) -> float:
+  p, w = cfg.get("patch_size", 16), cfg.get("width", 768)
+  mlp = cfg.get("mlp_dim") or 4 * w
+  n = (image_size // p) ** 2
+  if cfg.get("stem", "patch") == "conv":
+    flops, size, c_in = 0.0, image_size, channels
+    steps = p.bit_length() - 1
+    for i in range(steps):  # the stem's stride-2 3x3 convolutions
+      c_out = max(w // 2 ** (steps - i), 16)
+      size //= 2
+      flops += 2.0 * size * size * 9 * c_in * c_out
+      c_in = c_out
+    flops += 2.0 * n * c_in * w  # 1x1 embedding
+  else:
+    flops = 2.0 * n * p * p * channels * w
+  pool = cfg.get("pool", "gap")
+  tokens = n + (pool == "cls")
+  flops += _transformer_flops(tokens, w, cfg.get("depth", 12), mlp)
+  if pool == "map":  # one query: its projection, k/v of every token, attention, MLP
+    flops += 2.0 * (w * w + 2 * n * w * w + 2 * n * w + w * w + 2 * w * mlp)
+  return flops
+
+
+def two_tower_train_flops(model, image_size: int, context_length: int,
+                          batch_size: int) -> float | None:
+  """Analytic FLOPs of one training step of a ViT + transformer TwoTower.
+
+  Matmuls only (embeddings, blocks, pooling head, projections, the B x B
+  similarity), forward x 3: the backward pass computes two products per
+  forward product (input and weight gradients). Elementwise work (norms,
+  activations, softmax, the optimizer) is left out; XLA's cost analysis counts
+  it, which is why the two differ by a few percent. Assumes every tower trains.
+  None for image towers other than a ViT, or a text tower whose size the
+  model description does not give.
+  """
+  image, text = dict(model.image), dict(model.text)
+  if image.get("kind", "vit") != "vit" or "width" not in text or "depth" not in text:
+    return None
+  per_example = (_vit_flops(image, image_size)
+                 + _transformer_flops(context_length, text["width"], text["depth"],
+                                      text.get("mlp_dim"))
+                 + 2.0 * (image.get("width", 768) + text["width"]) * model.embed_dim
+                 + 2.0 * batch_size * model.embed_dim)  # this example's row of logits
+  return 3.0 * per_example * batch_size
 
 
 def matmul_flops_per_sec(n: int = 2048, seconds: float = 1.0, dtype=jnp.float32) -> float:
