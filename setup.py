@@ -27,8 +27,17 @@ setuptools.setup(
         "matplotlib>=3.8",
         "pillow>=10.0",
         "tensorboardX>=2.6.2",
+        # Pretrained BERT text towers (mmjax.models.bert, mmjax.data.wordpiece):
+        # HF weights read into NumPy, and the WordPiece they were trained with.
+        "safetensors>=0.4",
+        "tokenizers>=0.15",
     ],
     extras_require={
         "test": ["pytest>=8.0"],
+        # Only for experiments/benchmarks/train_step.py (the open_clip side) and
+        # the sentence-transformers cross-check of the MiniLM converter. These
+        # pins are a torch/torchvision pair that load together on CPU.
+        "bench": ["torch==2.14.1", "torchvision==0.29.1", "open-clip-torch",
+                  "sentence-transformers"],
     },
 )

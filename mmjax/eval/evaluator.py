@@ -1,4 +1,5 @@
-"""Embeds an evaluation split with the model and scores retrieval on it."""
+"""Embeds an evaluation split with the model and scores retrieval on it: the
+test split, or (shapes) its images captioned in held-out phrasings."""
 
 import functools
 
@@ -7,7 +8,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mmjax.data import pipeline, shapes
 from mmjax.eval import retrieval
+
+# Metric names of `heldout`: retrieval_metrics' keys under this prefix.
+HELDOUT = "heldout/"
 
 
 @functools.lru_cache(maxsize=16)
@@ -71,3 +76,52 @@ def evaluate(model, params, data: dict, batch_size: int) -> dict[str, float]:
   """Retrieval metrics (the contract's keys) of the model on `data`."""
   img, txt = embed(model, params, data, batch_size)
   return retrieval.retrieval_metrics(img, txt, data["text_to_image"])
+
+
+def heldout_data(config, tokenizer) -> dict:
+  """The first config.eval.num_images shapes test images (all when -1), with
+  captions in phrasings training never uses (shapes.heldout_split), tokenized
+  to config.data.context_length.
+
+  Returns {"image": uint8 [N, S, S, 3], "text": int32 [M, L], "text_to_image":
+  int32 [M], "captions": M str, "truncated": float, the fraction of captions
+  longer than L tokens (cut at L, so the model reads them only in part)}.
+  """
+  if config.data.name != "shapes":
+    raise ValueError(f"config.data.name={config.data.name!r}: held-out phrasings exist "
+                     "for the shapes dataset only; remove eval.evaluators.heldout.")
+  split = shapes.heldout_split(image_size=config.data.image_size,
+                               num_images=pipeline.TEST_IMAGES)
+  n = config.eval.num_images
+  n = len(split["image"]) if n == -1 else min(n, len(split["image"]))
+  keep = split["text_to_image"] < n
+  captions = [c for c, k in zip(split["captions"], keep) if k]
+  length = config.data.context_length
+  # Longer rows than the model reads: a row with more than L tokens was cut.
+  longer = tokenizer.encode(captions, length + 8)
+  return {"image": np.asarray(split["image"][:n]),
+          "text": tokenizer.encode(captions, length),
+          "text_to_image": np.asarray(split["text_to_image"][keep], np.int32),
+          "captions": captions,
+          "truncated": float(np.mean((longer != tokenizer.pad_id).sum(1) > length))}
+
+
+def heldout(model, params, tokenizer, config, image_emb=None) -> dict[str, float]:
+  """Retrieval on the shapes test images captioned in held-out phrasings.
+
+  image_emb: [N, D] embeddings of the same first N test images when already
+    computed (by the retrieval evaluator), else they are embedded here.
+
+  Returns retrieval_metrics' keys under "heldout/" (e.g.
+  "heldout/image_to_text_R@1"), and "heldout/truncated" (see heldout_data).
+  """
+  data = heldout_data(config, tokenizer)
+  if image_emb is None:
+    image_emb = batched(encode_fn(model, params, "encode_image"), data["image"],
+                        config.eval.batch_size)
+  text_emb = batched(encode_fn(model, params, "encode_text"), data["text"],
+                     config.eval.batch_size)
+  metrics = retrieval.retrieval_metrics(image_emb, text_emb, data["text_to_image"])
+  out = {HELDOUT + k: v for k, v in metrics.items()}
+  out[HELDOUT + "truncated"] = data["truncated"]
+  return out

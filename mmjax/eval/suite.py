@@ -12,18 +12,22 @@ Evaluators:
   retrieval   recall@K and ranks on the test split (the contract's keys)
   zeroshot    shape / colour / relation classification from prompts (shapes)
   itm         image-text matching heads trained on frozen towers (shapes)
+  heldout     retrieval on the test images captioned in phrasings training
+              never uses (shapes.HELDOUT_TEMPLATES): generalisation to new
+              sentence frames (shapes)
 
 Their results are one flat dict: retrieval under the contract's names, the
-others under "zeroshot/..." and "itm/<head>/...".
+others under "zeroshot/...", "itm/<head>/..." and "heldout/..." (retrieval's
+names, e.g. "heldout/image_to_text_R@1", plus "heldout/truncated").
 """
 
 from typing import Mapping
 
 from mmjax.eval import evaluator, retrieval
 
-EVALUATORS = ("retrieval", "zeroshot", "itm")
+EVALUATORS = ("retrieval", "zeroshot", "itm", "heldout")
 # Evaluators defined on the shapes dataset's labels only.
-SHAPES_ONLY = ("zeroshot", "itm")
+SHAPES_ONLY = ("zeroshot", "itm", "heldout")
 
 
 def check(config) -> None:
@@ -69,14 +73,23 @@ def run(names, model, params, test: dict, tokenizer, config) -> tuple[dict, dict
   if "itm" in names:
     from mmjax.eval import matching  # pylint: disable=g-import-not-at-top
     metrics.update(matching.run_itm(model, params, tokenizer, config))
+  if "heldout" in names:
+    # The same test images as retrieval's: their embeddings are reused.
+    metrics.update(evaluator.heldout(model, params, tokenizer, config,
+                                     image_emb=embeddings.get("image")))
   return metrics, embeddings
 
 
 def format_results(result: dict) -> str:
   """The retrieval table (when present), then every other metric on a line."""
   lines = [retrieval.format_table(result)] if "image_to_text_R@1" in result else []
-  others = sorted(k for k in result
-                  if not k.startswith(("image_to_text_", "text_to_image_")) and k != "step")
+  held = evaluator.HELDOUT
+  if held + "image_to_text_R@1" in result:
+    lines += ["held-out phrasings:", retrieval.format_table(
+        {k[len(held):]: v for k, v in result.items() if k.startswith(held)})]
+  table = ("image_to_text_", "text_to_image_", held + "image_to_text_",
+           held + "text_to_image_")
+  others = sorted(k for k in result if not k.startswith(table) and k != "step")
   width = max((len(k) for k in others), default=0)
   for key in others:
     value = result[key]

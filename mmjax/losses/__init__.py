@@ -8,6 +8,7 @@ Cross-device forms of the contrastive losses are in `mmjax.losses.distributed`.
 from mmjax.losses.alignment import cosine_alignment
 from mmjax.losses.alignment import kl_alignment
 from mmjax.losses.alignment import mse_alignment
+from mmjax.losses.alignment import mse_to_teacher
 from mmjax.losses.contrastive import sigmoid_contrastive
 from mmjax.losses.contrastive import softmax_contrastive
 from mmjax.losses.sharded import distributed_form
@@ -22,6 +23,7 @@ from mmjax.losses.registry import get
 from mmjax.losses.registry import names
 from mmjax.losses.registry import register
 from mmjax.losses.registry import required_inputs
+from mmjax.losses.registry import TEACHER_INPUTS
 
 __all__ = (
     "check_inputs",
@@ -32,6 +34,7 @@ __all__ = (
     "get",
     "kl_alignment",
     "mse_alignment",
+    "mse_to_teacher",
     "names",
     "register",
     "required_inputs",
@@ -41,4 +44,5 @@ __all__ = (
     "sigmoid_contrastive_ring",
     "softmax_contrastive",
     "softmax_contrastive_gather",
+    "TEACHER_INPUTS",
 )

@@ -77,6 +77,58 @@ def mse_alignment(zimg: ArrayLike, ztxt: ArrayLike) -> Array:
   return optax.losses.squared_error(zimg, ztxt).sum(axis=-1).mean()
 
 
+def mse_to_teacher(zimg: ArrayLike, ztxt: ArrayLike, teacher_zimg: ArrayLike,
+                   teacher_ztxt: ArrayLike, to_teacher: ArrayLike | None = None
+                   ) -> Array:
+  """Computes the squared distance of the student's embeddings to a teacher's.
+
+  `0.5 * (mse_alignment(p(zimg), teacher_zimg) + mse_alignment(p(ztxt),
+  teacher_ztxt))`: each tower is pulled onto the teacher's embedding of the same
+  example. Without `to_teacher`, `p` is the identity and both spaces must have
+  the same size. With it, `p(z) = normalize(z @ to_teacher)`: a learned linear
+  map into the teacher's space, L2-normalised again because the teacher's
+  embeddings are unit vectors, so the term measures directions (it is then
+  `2 - 2 cos`) and the map's overall scale is free (weight decay on it changes
+  nothing the loss sees).
+
+  Gradients flow into every argument; the train step passes the teacher's
+  embeddings under `jax.lax.stop_gradient`.
+
+  Args:
+    zimg: student image embeddings, `[B, D]` float (any float dtype).
+    ztxt: student text embeddings, `[B, D]` float.
+    teacher_zimg: teacher image embeddings, `[B, D_t]` float, unit norm.
+    teacher_ztxt: teacher text embeddings, `[B, D_t]` float, unit norm.
+    to_teacher: optional `[D, D_t]` float, the student's map into the teacher's
+      space (the model output of that name, see `config.distill.projection_dim`).
+
+  Returns:
+    float32 scalar loss; 0 when the (mapped) embeddings equal the teacher's.
+  """
+  zimg, ztxt = _as_pairs(zimg, ztxt, "mse_to_teacher")
+  teacher_zimg, teacher_ztxt = _as_pairs(teacher_zimg, teacher_ztxt, "mse_to_teacher")
+  if to_teacher is not None:
+    to_teacher = jnp.asarray(to_teacher, jnp.float32)
+    if to_teacher.shape != (zimg.shape[1], teacher_zimg.shape[1]):
+      raise ValueError(
+          f"mse_to_teacher: to_teacher has shape {to_teacher.shape}, but it must map "
+          f"the student's {zimg.shape[1]} features to the teacher's "
+          f"{teacher_zimg.shape[1]}: [{zimg.shape[1]}, {teacher_zimg.shape[1]}]; set "
+          f"config.distill.projection_dim={teacher_zimg.shape[1]}.")
+    zimg, ztxt = (_unit(z @ to_teacher) for z in (zimg, ztxt))
+  if zimg.shape != teacher_zimg.shape:
+    raise ValueError(
+        f"mse_to_teacher: student embeddings {zimg.shape} and teacher embeddings "
+        f"{teacher_zimg.shape} differ in size; set config.distill.projection_dim="
+        f"{teacher_zimg.shape[1]} to learn a map into the teacher's space.")
+  return 0.5 * (mse_alignment(zimg, teacher_zimg) + mse_alignment(ztxt, teacher_ztxt))
+
+
+def _unit(x: Array) -> Array:
+  # A floor on the squared norm keeps a zero row finite, as in cosine_alignment.
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
 def cosine_alignment(zimg: ArrayLike, ztxt: ArrayLike) -> Array:
   """Computes the mean cosine distance `1 - cos(zimg[i], ztxt[i])` over pairs.
 

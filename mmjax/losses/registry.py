@@ -32,8 +32,10 @@ LossFn = Callable[..., Array]
 _REGISTRY: dict[str, LossFn] = {}
 
 # Outputs a train step may add beyond the model's `zimg, ztxt, scale, bias`,
-# with what to do when a loss asks for one that is missing.
+# with what to do when a loss asks for one that is missing. A teacher
+# (config.distill.teacher, mmjax/train/teacher.py) provides them.
 _TEACHER_INPUTS = ("teacher_logits", "teacher_zimg", "teacher_ztxt")
+TEACHER_INPUTS = _TEACHER_INPUTS
 # `logits` is derived inside `combine` when a term asks for it.
 _LOGITS_FROM = ("zimg", "ztxt", "scale")
 
@@ -212,8 +214,9 @@ def _missing_message(name: str, arg: str, available: list[str]) -> str:
   head = (f"loss {name!r} needs {arg!r}, but the model provides {available}; ")
   drop = f"or remove {name!r} from config.loss.name / config.loss.terms."
   if arg in _TEACHER_INPUTS:
-    return head + (f"{name} needs a teacher: configure one so the train step "
-                   f"adds {arg!r} to the outputs, {drop}")
+    return head + (f"{name} needs a teacher: set config.distill.teacher to the "
+                   f"workdir of a finished run, so the train step adds {arg!r} to "
+                   f"the outputs, {drop}")
   if arg == "logits":
     return head + (f"'logits' is computed from {list(_LOGITS_FROM)} when those "
                    f"are present; provide them or 'logits', {drop}")
@@ -359,6 +362,6 @@ def from_config(loss_cfg: Any) -> dict[str, float]:
 
 for _fn in (contrastive.softmax_contrastive, contrastive.sigmoid_contrastive,
             alignment.kl_alignment, alignment.mse_alignment,
-            alignment.cosine_alignment):
+            alignment.mse_to_teacher, alignment.cosine_alignment):
   register(_fn.__name__, _fn)
 del _fn

@@ -7,10 +7,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from mmjax.models import cnn, layers, text, vit
+from mmjax.models import bert, cnn, layers, text, vit
 from mmjax.models.layers import logical
 
 IMAGE_TOWERS = {"vit": vit.ViT, "cnn": cnn.ConvNet}
+# "transformer": trained from scratch; "bert": BERT, e.g. all-MiniLM-L6-v2's weights
+# (config.init.pretrained_text). Either way the params live under "text_tower".
+TEXT_TOWERS = {"transformer": text.TextTransformer, "bert": bert.BertEncoder}
 
 
 def _image_input(images):
@@ -30,7 +33,8 @@ class TwoTower(nn.Module):
 
   Attributes:
     image: kwargs of the image tower, with `kind` in IMAGE_TOWERS ("vit", "cnn").
-    text: kwargs of `text.TextTransformer`.
+    text: kwargs of the text tower, with `kind` in TEXT_TOWERS ("transformer",
+      the default: `text.TextTransformer`; "bert": `bert.BertEncoder`).
     embed_dim: size D of the shared space.
     temperature_init: initial logit scale (the multiplier, > 0): CLIP uses 1/0.07,
       SigLIP 10. Learned as its logarithm, so it stays positive.
@@ -39,10 +43,15 @@ class TwoTower(nn.Module):
     bias_init: initial logit bias for the sigmoid loss (SigLIP: -10); None means no
       bias parameter and outputs["bias"] = 0.
     dtype: compute dtype of both towers; embeddings, scale and bias are float32.
+    teacher_dim: None, or the embedding size D_t of a distillation teacher: the
+      model then holds a learned map `to_teacher` [D, D_t] from its space into
+      the teacher's (for `mse_to_teacher` when D != D_t). It is a parameter
+      like `log_scale`, so it trains, is checkpointed and warm-starts with the
+      rest, and never touches zimg / ztxt or retrieval.
 
   __call__(images [B, H, W, C] uint8 or float, tokens [B, L] int) returns a dict:
     zimg [B, D] float32, ztxt [B, D] float32 (unit norm), scale [] float32,
-    bias [] float32.
+    bias [] float32, and with teacher_dim to_teacher [D, D_t] float32.
   """
 
   image: Mapping[str, Any]
@@ -52,6 +61,7 @@ class TwoTower(nn.Module):
   max_temperature: float = 100.0
   bias_init: float | None = -10.0
   dtype: str = "float32"
+  teacher_dim: int | None = None
 
   def setup(self):
     image_kwargs = dict(self.image)
@@ -59,7 +69,16 @@ class TwoTower(nn.Module):
     if kind not in IMAGE_TOWERS:
       raise ValueError(f"model.image.kind={kind!r}; choose one of {sorted(IMAGE_TOWERS)}.")
     self.image_tower = IMAGE_TOWERS[kind](dtype=self.dtype, **image_kwargs)
-    self.text_tower = text.TextTransformer(dtype=self.dtype, **dict(self.text))
+    text_kwargs = dict(self.text)
+    text_kind = text_kwargs.pop("kind", "transformer")
+    if text_kind not in TEXT_TOWERS:
+      raise ValueError(f"model.text.kind={text_kind!r}; choose one of {sorted(TEXT_TOWERS)}.")
+    tower = TEXT_TOWERS[text_kind]
+    if unknown := sorted(set(text_kwargs) - set(tower.__dataclass_fields__)):
+      # e.g. the base config's causal=True left in place when switching to "bert".
+      raise ValueError(f"model.text has {unknown}, which the {text_kind!r} text tower "
+                       f"({tower.__name__}) does not take; remove them from model.text.")
+    self.text_tower = tower(dtype=self.dtype, **text_kwargs)
     proj = lambda name: nn.Dense(
         self.embed_dim, use_bias=False, dtype=self.dtype, name=name,
         kernel_init=logical(layers.DEFAULT_KERNEL_INIT, "embed", "joint"))
@@ -69,6 +88,10 @@ class TwoTower(nn.Module):
         math.log(self.temperature_init))), ())
     if self.bias_init is not None:
       self.bias = self.param("bias", logical(nn.initializers.constant(self.bias_init)), ())
+    if self.teacher_dim:
+      self.to_teacher = self.param(
+          "to_teacher", logical(layers.DEFAULT_KERNEL_INIT, "joint", None),
+          (self.embed_dim, self.teacher_dim))
 
   def encode_image(self, images):
     """images: [B, H, W, C] uint8 in [0, 255] or float in [-1, 1] -> [B, D] unit norm."""
@@ -104,12 +127,15 @@ class TwoTower(nn.Module):
   def __call__(self, images, tokens):
     scale = jnp.exp(jnp.minimum(self.log_scale, math.log(self.max_temperature)))
     bias = self.bias if self.bias_init is not None else jnp.zeros((), jnp.float32)
-    return {
+    out = {
         "zimg": self.encode_image(images),
         "ztxt": self.encode_text(tokens),
         "scale": scale.astype(jnp.float32),
         "bias": jnp.asarray(bias, jnp.float32),
     }
+    if self.teacher_dim:
+      out["to_teacher"] = jnp.asarray(self.to_teacher, jnp.float32)
+    return out
 
 
 def _frozen(kwargs: Mapping[str, Any]) -> FrozenDict:
@@ -137,4 +163,5 @@ def build(model_cfg, vocab_size: int, context_length: int) -> TwoTower:
       max_temperature=model_cfg.get("max_temperature", 100.0),
       bias_init=model_cfg.get("bias_init", None),
       dtype=model_cfg.get("dtype", "float32"),
+      teacher_dim=model_cfg.get("teacher_dim", None) or None,
   )

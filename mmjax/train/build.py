@@ -8,10 +8,10 @@ import jax
 import numpy as np
 
 from mmjax import configs, losses
-from mmjax.data import image_text, pipeline, tokenizer as tokenizer_lib
+from mmjax.data import image_text, pipeline, tokenizer as tokenizer_lib, wordpiece
 from mmjax.eval import suite
 from mmjax.losses import sharded
-from mmjax.models import two_tower
+from mmjax.models import pretrained, two_tower
 from mmjax.parallel import mesh as mesh_lib
 from mmjax.parallel import partitioning
 from mmjax.train import state as state_lib
@@ -20,6 +20,9 @@ from mmjax.train import warm_start
 
 # What the two-tower model hands to the losses (see TwoTower.__call__).
 MODEL_OUTPUTS = ("zimg", "ztxt", "scale", "bias", "logits")
+# Added with config.distill.projection_dim > 0: the student's map into the
+# teacher's space.
+PROJECTION_OUTPUT = "to_teacher"
 # Train images whose captions train a dataset's tokenizer (evenly spaced):
 # enough for a 32k vocabulary, and reading them takes seconds, not an epoch.
 TOKENIZER_IMAGES = 100_000
@@ -34,11 +37,24 @@ def check(config) -> dict[str, float]:
   terms = losses.from_config(config.loss)
   for name in terms:
     losses.get(name)  # unknown names fail here, listing the known ones
-  losses.check_inputs(terms, MODEL_OUTPUTS)
+  losses.check_inputs(terms, outputs(config))
   _check_loss_impl(config.loss.impl, terms)
   shape = mesh_lib.mesh_shape(config.mesh, jax.device_count())
   mesh_lib.check_batch(config.batch_size, shape, config.optim.grad_accum_steps)
   return terms
+
+
+def outputs(config) -> tuple[str, ...]:
+  """The names the losses may read: the model's, plus the teacher's when
+  config.distill.teacher is set, or left a placeholder (None) that training
+  will require (see mmjax/train/teacher.py)."""
+  distill = config.get("distill") or {}
+  names = MODEL_OUTPUTS
+  if distill.get("projection_dim", 0):
+    names += (PROJECTION_OUTPUT,)
+  if distill.get("teacher", "") != "":
+    names += losses.TEACHER_INPUTS
+  return names
 
 
 def _check_loss_impl(impl, terms) -> None:
@@ -69,15 +85,24 @@ def loss_fn(config, terms: dict[str, float], mesh: jax.sharding.Mesh):
   return losses.combine(terms, impls=impls)
 
 
-def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer:
+def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer | wordpiece.WordPieceTokenizer:
   """The run's tokenizer: config.data.tokenizer if given, else one trained once.
 
-  Shapes: trained on its captions, cached in `workdir/tokenizer`. A prepared
-  dataset: trained on its train captions and kept with the dataset, so every
-  run on it shares one vocabulary.
+  Given: "minilm" (all-MiniLM-L6-v2's WordPiece, from its package), a BERT
+  model directory, tokenizer.json or vocab.txt (a WordPieceTokenizer, for a
+  pretrained BERT text tower), or a sentencepiece .model. Else shapes: trained
+  on its captions, cached in `workdir/tokenizer`; a prepared dataset: trained
+  on its train captions and kept with the dataset, so every run on it shares
+  one vocabulary. Either kind has the same encode / decode / vocab_size /
+  pad_id interface.
   """
-  if config.data.tokenizer:
-    return tokenizer_lib.Tokenizer(config.data.tokenizer)
+  name = config.data.tokenizer
+  if name == pretrained.MINILM:
+    return wordpiece.WordPieceTokenizer(pretrained.minilm_files().root)
+  if name and (os.path.isdir(name) or name.endswith((".json", ".txt"))):
+    return wordpiece.WordPieceTokenizer(name)
+  if name:
+    return tokenizer_lib.Tokenizer(name)
   if config.data.name == "shapes":
     return tokenizer_lib.shapes_tokenizer(os.path.join(workdir, "tokenizer"),
                                           vocab_size=config.data.vocab_size)
@@ -94,9 +119,11 @@ def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer:
 
 def model(config, tok: tokenizer_lib.Tokenizer) -> two_tower.TwoTower:
   model_cfg = config.model.copy_and_resolve_references()
+  distill = config.get("distill") or {}
   with model_cfg.unlocked():
     model_cfg.dtype = config.dtype
     model_cfg.text.pad_id = tok.pad_id
+    model_cfg.teacher_dim = distill.get("projection_dim", 0) or None
   return two_tower.build(model_cfg, tok.vocab_size, config.data.context_length)
 
 
@@ -108,13 +135,19 @@ def example_batch(config, batch_size: int | None = None) -> dict:
           "text": np.zeros((b, config.data.context_length), np.int32)}
 
 
-def state_shardings(config, model, tx, mesh: jax.sharding.Mesh) -> state_lib.TrainState:
-  """NamedShardings of every TrainState leaf on `mesh`, from the logical-axis rules."""
+def param_layout(config, model, mesh: jax.sharding.Mesh):
+  """(abstract params, their NamedShardings on `mesh`) of `model` on batches of
+  `config`, from the logical-axis rules; nothing is allocated."""
   ex = example_batch(config, batch_size=1)
   boxed = jax.eval_shape(model.init, jax.random.key(0), ex["image"], ex["text"])
   params = state_lib.unbox(boxed)["params"]
-  param_sh = partitioning.param_shardings(nn.get_partition_spec(boxed)["params"],
-                                          params, mesh)
+  return params, partitioning.param_shardings(nn.get_partition_spec(boxed)["params"],
+                                              params, mesh)
+
+
+def state_shardings(config, model, tx, mesh: jax.sharding.Mesh) -> state_lib.TrainState:
+  """NamedShardings of every TrainState leaf on `mesh`, from the logical-axis rules."""
+  params, param_sh = param_layout(config, model, mesh)
   abstract = jax.eval_shape(lambda p: state_lib.create(p, tx), params)
   return partitioning.state_shardings(abstract, param_sh, mesh)
 
@@ -141,15 +174,25 @@ def abstract_state(config, model, tx, shardings=None):
 
 
 def train_step(config, model, tx, lr_schedule, loss, mesh: jax.sharding.Mesh,
-               shardings):
+               shardings, teacher=None):
   """The jitted step: state sharded as `shardings`, batch over the batch axes,
-  metrics replicated; the input state is donated (updated in place)."""
+  metrics replicated; the input state is donated (updated in place).
+
+  teacher: None, or a `mmjax.train.teacher.Teacher`: the step then takes its
+  params as a third argument, `step(state, batch, teacher.params)`, sharded as
+  `teacher.shardings` and never donated, updated or returned.
+  """
   frozen = None
   if config.optim.freeze:
     frozen = warm_start.frozen_mask(shardings.params, config.optim.freeze)
-  step = step_lib.make_train_step(model, tx, loss, lr_schedule,
-                                  config.optim.grad_accum_steps, frozen=frozen)
+  step = step_lib.make_train_step(
+      model, tx, loss, lr_schedule, config.optim.grad_accum_steps, frozen=frozen,
+      teacher_outputs=None if teacher is None else teacher.outputs,
+      distill_temperature=None if teacher is None else teacher.temperature)
+  in_shardings = (shardings, partitioning.batch_sharding(mesh))
+  if teacher is not None:
+    in_shardings += (teacher.shardings,)
   return jax.jit(step,
-                 in_shardings=(shardings, partitioning.batch_sharding(mesh)),
+                 in_shardings=in_shardings,
                  out_shardings=(shardings, partitioning.replicated(mesh)),
                  donate_argnums=0)

@@ -12,6 +12,7 @@ from mmjax.eval import reports, suite
 from mmjax.parallel import multihost, partitioning
 from mmjax.train import build, checkpoint, faults, metrics as metrics_lib, perf
 from mmjax.train import state as state_lib
+from mmjax.train import teacher as teacher_lib
 from mmjax.train import warm_start
 
 
@@ -60,6 +61,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   tok = build.tokenizer(config, workdir)
   model = build.model(config, tok)
   loss_fn = build.loss_fn(config, terms, mesh)
+  # Read and checked before compiling; its params are an input of every step.
+  teacher = teacher_lib.load(config, terms, mesh, tok)  # None: no config.distill.teacher
+  teacher_args = () if teacher is None else (teacher.params,)
   tx, lr_schedule = state_lib.optimizer(config)
   shardings = build.state_shardings(config, model, tx, mesh)
   batch_sharding = partitioning.batch_sharding(mesh)
@@ -79,13 +83,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start = int(state.step)
   total = config.total_steps
 
-  train_step = build.train_step(config, model, tx, lr_schedule, loss_fn, mesh, shardings)
+  train_step = build.train_step(config, model, tx, lr_schedule, loss_fn, mesh, shardings,
+                                teacher)
   with partitioning.activate(mesh):  # the models' sharding constraints apply while tracing
     batch_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
                   for k, v in build.example_batch(config).items()}
-    compiled = train_step.lower(state, batch_spec).compile()
+    compiled = train_step.lower(state, batch_spec, *teacher_args).compile()
   step_flops = perf.compiled_flops(compiled)
   peak = perf.matmul_flops_per_sec()
+  device_peak = perf.peak_flops_per_sec(jax.devices()[0], config.dtype)  # None on CPU
+  analytic = perf.two_tower_train_flops(model, config.data.image_size,
+                                        config.data.context_length, config.batch_size)
+  if primary and step_flops and analytic:
+    # Both per device: XLA analyses the partitioned program.
+    analytic /= jax.device_count()
+    print(f"FLOPs per step per device: {step_flops / 1e9:.2f} G from XLA's cost analysis, "
+          f"{analytic / 1e9:.2f} G analytic (matmuls only; ratio "
+          f"{step_flops / analytic:.3f}).", flush=True)
   test = pipeline.test_data(config, tok)
   writer = metrics_lib.MetricWriter(workdir, enabled=primary, resume_step=start)
 
@@ -116,44 +130,69 @@ def train_and_evaluate(config, workdir: str) -> dict:
              mininterval=1.0, disable=not primary)
   meter, window = _Throughput(), []
   bad_records = 0  # unreadable records replaced by the pipeline (this process)
+
+  def next_batch():
+    nonlocal bad_records
+    local = next(batches)
+    bad_records += int(local.pop("bad_records", 0))
+    return multihost.global_batch(local, batch_sharding, config.batch_size)
+
   step = start
   profiler = perf.Profiler(os.path.join(workdir, "profile"), config.profile.start_step,
                            config.profile.num_steps)
   try:
     with faults.Preemption() as preemption:
+      batch = next_batch() if step < total else None
+      pending = None  # (step, metrics) of a step launched but not yet read
       while step < total:
         step += 1
-        local = next(batches)
-        bad_records += int(local.pop("bad_records", 0))
-        batch = multihost.global_batch(local, batch_sharding, config.batch_size)
         profiler.before(step)
-        state, m = compiled(state, batch)
+        state, m = compiled(state, batch, *teacher_args)
         profiler.after(step, m)
-        # Reading the flag waits for this step only; the pipeline has the next
-        # batch ready, so the check costs no throughput.
-        bad_run = bad_run + 1 if float(m["train/skipped"]) else 0
-        if bad_run >= config.max_bad_steps:
-          where = os.path.join(workdir, "checkpoints")
-          if rolled_back or last_saved is None:
-            raise NonFiniteLossError(_nonfinite_message(
-                m, step, bad_run, last_saved, where, rolled_back))
-          # One rollback: a transient fault (a bad host, a flipped bit) does not
-          # recur; a deterministic blow-up does, and then stops the run above.
-          checkpoint.wait(mngr)
-          restored = checkpoint.restore_latest(mngr, abstract)
-          state, step = restored.state, restored.step
-          print(f"{bad_run} consecutive non-finite steps; rolled back to the checkpoint "
-                f"of step {step}.", flush=True)
-          batches.close()
-          batches = pipeline.train_batches(config, tok, step, rows)
-          bar.reset(total=total)
-          bar.update(step)
-          bad_run, rolled_back, window = 0, True, []
-          meter.reset()
+        # Dispatch is asynchronous, so while this step runs the host draws the
+        # next batch and copies it to the devices, then reads the metrics of
+        # the step before (finished by now). Only at the steps below, which
+        # need this step's results, does the host wait for it.
+        if step < total:
+          batch = next_batch()
+        stop = preemption.should_stop(step, exchange=_every(step, config.log_every, total))
+        names = suite.due(config.eval.evaluators, step, total, config.eval_every)
+        boundary = (stop or names or _every(step, config.log_every, total)
+                    or _every(step, config.checkpoint_every, total))
+        ready = [pending] if pending else []
+        pending = (step, m)
+        if boundary:
+          ready, pending = ready + [pending], None
+        rolled_back_now = False
+        for s, ms in ready:
+          bad_run = bad_run + 1 if float(ms["train/skipped"]) else 0
+          if bad_run >= config.max_bad_steps:
+            where = os.path.join(workdir, "checkpoints")
+            if rolled_back or last_saved is None:
+              raise NonFiniteLossError(_nonfinite_message(
+                  ms, s, bad_run, last_saved, where, rolled_back))
+            # One rollback: a transient fault (a bad host, a flipped bit) does
+            # not recur; a deterministic blow-up does, and then stops the run
+            # above. A step launched after the bad ones is discarded with them.
+            checkpoint.wait(mngr)
+            restored = checkpoint.restore_latest(mngr, abstract)
+            state, step = restored.state, restored.step
+            print(f"{bad_run} consecutive non-finite steps; rolled back to the checkpoint "
+                  f"of step {step}.", flush=True)
+            batches.close()
+            batches = pipeline.train_batches(config, tok, step, rows)
+            batch = next_batch()
+            bar.reset(total=total)
+            bar.update(step)
+            bad_run, rolled_back, window, pending = 0, True, [], None
+            rolled_back_now = True
+            meter.reset()
+            break
+          window.append(ms)
+          meter.steps += 1
+          bar.update(1)
+        if rolled_back_now or not boundary:
           continue
-        window.append(m)
-        meter.steps += 1
-        bar.update(1)
 
         if _every(step, config.log_every, total):
           secs = meter.seconds()
@@ -165,13 +204,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
           if step_flops:
             row["perf/step_flops"] = step_flops
             row["perf/flops_fraction"] = step_flops * meter.steps / secs / peak
+            if device_peak:
+              row["perf/mfu"] = step_flops * meter.steps / secs / device_peak
           writer.write(step, row)
           bar.set_postfix(loss=f"{row['train/loss']:.4f}",
                           ex_s=f"{row['perf/examples_per_sec']:.0f}")
           window = []
           meter.reset()
 
-        names = suite.due(config.eval.evaluators, step, total, config.eval_every)
         if names:
           t0 = time.perf_counter()
           last_eval = run_eval(step, names)
@@ -188,7 +228,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           last_saved = step
           meter.pause(time.perf_counter() - t0)
 
-        if preemption.should_stop(step, exchange=_every(step, config.log_every, total)):
+        if stop:
           if last_saved != step:
             save(step)
           checkpoint.wait(mngr)

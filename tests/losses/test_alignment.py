@@ -140,3 +140,62 @@ def test_shape_mismatch_names_the_loss():
     alignment.kl_alignment(np.zeros((4, 4)), np.zeros((4, 5)))
   with pytest.raises(ValueError, match="mse_alignment"):
     alignment.mse_alignment(np.zeros((4, 8)), np.zeros((3, 8)))
+
+
+def _unit_rows(x):
+  return x / np.sqrt(np.maximum(np.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+def ref_mse_to_teacher(zimg, ztxt, timg, ttxt, w=None):
+  """0.5 * (mean_i ||p(zimg_i) - timg_i||^2 + the same for text), p(z) =
+  normalize(z @ w) with a map, the identity without."""
+  if w is not None:
+    zimg, ztxt = _unit_rows(zimg @ w), _unit_rows(ztxt @ w)
+  return 0.5 * (ref_mse(zimg, timg) + ref_mse(ztxt, ttxt))
+
+
+def test_mse_to_teacher_matches_reference_without_a_map():
+  zimg, ztxt = _unit_rows(random(10, 4, 6)), _unit_rows(random(11, 4, 6))
+  timg, ttxt = _unit_rows(random(12, 4, 6)), _unit_rows(random(13, 4, 6))
+  fn = lambda a, b: alignment.mse_to_teacher(a, b, timg, ttxt)
+  ref = lambda a, b: ref_mse_to_teacher(a, b, np.float64(timg), np.float64(ttxt))
+  got = check(fn, ref, zimg, ztxt)
+  np.testing.assert_allclose(
+      got, 0.5 * (alignment.mse_alignment(zimg, timg) + alignment.mse_alignment(ztxt, ttxt)),
+      rtol=1e-6)
+  # Equal embeddings: exactly zero, and so is the gradient.
+  assert alignment.mse_to_teacher(zimg, ztxt, zimg, ztxt) == 0.0
+  grads = jax.grad(alignment.mse_to_teacher, argnums=(0, 1))(zimg, ztxt, zimg, ztxt)
+  assert all(np.all(np.asarray(g) == 0.0) for g in grads)
+
+
+def test_mse_to_teacher_with_a_map_matches_reference_in_value_and_gradient():
+  # A 5-d student mapped into a 7-d teacher space.
+  zimg, ztxt = _unit_rows(random(14, 4, 5)), _unit_rows(random(15, 4, 5))
+  timg, ttxt = _unit_rows(random(16, 4, 7)), _unit_rows(random(17, 4, 7))
+  w = random(18, 5, 7)
+  args64 = [np.float64(x) for x in (zimg, ztxt, timg, ttxt, w)]
+  loss, grads = jax.value_and_grad(alignment.mse_to_teacher, argnums=(0, 1, 4))(
+      zimg, ztxt, timg, ttxt, w)
+  assert loss.dtype == jnp.float32 and loss.shape == ()
+  np.testing.assert_allclose(loss, ref_mse_to_teacher(*args64), rtol=1e-5)
+  for grad, argnum in zip(grads, (0, 1, 4)):
+    def f(x, argnum=argnum):
+      args = list(args64)
+      args[argnum] = x
+      return ref_mse_to_teacher(*args)
+    np.testing.assert_allclose(grad, fd_grad(f, args64[argnum]), rtol=1e-4, atol=1e-5)
+  # The map's scale is invisible: the mapped embeddings are renormalised.
+  np.testing.assert_allclose(alignment.mse_to_teacher(zimg, ztxt, timg, ttxt, 3.0 * w),
+                             loss, rtol=1e-5)
+  # Zero when the mapped student points where the teacher does.
+  np.testing.assert_allclose(alignment.mse_to_teacher(
+      zimg, ztxt, _unit_rows(zimg @ w), _unit_rows(ztxt @ w), w), 0.0, atol=1e-6)
+
+
+def test_mse_to_teacher_names_the_missing_projection():
+  z5, z7 = np.ones((4, 5), np.float32), np.ones((4, 7), np.float32)
+  with pytest.raises(ValueError, match=r"projection_dim=7"):
+    alignment.mse_to_teacher(z5, z5, z7, z7)
+  with pytest.raises(ValueError, match=r"to_teacher has shape \(7, 5\).*\[5, 7\]"):
+    alignment.mse_to_teacher(z5, z5, z7, z7, np.ones((7, 5), np.float32))

@@ -97,6 +97,16 @@ def test_config_diff_ignores_run_time_settings():
       "  optim.lr: 0.001 -> 0.5", "  total_steps: 6 -> 99"]
 
 
+def test_config_diff_ignores_keys_added_later_at_their_default():
+  saved = tiny_config().to_dict()
+  del saved["distill"]  # a run from before the key existed
+  saved["optim"].pop("freeze")
+  assert configs.diff(saved, tiny_config().to_dict()) == []
+  # Added later but set to something else: a real change.
+  assert configs.diff(saved, tiny_config(**{"distill.temperature": 0.5}).to_dict()) == [
+      "  distill.temperature: (absent) -> 0.5"]
+
+
 def test_changed_config_is_refused_with_a_diff_unless_allowed(capsys):
   saved = tiny_config().to_dict()
   with pytest.raises(faults.ConfigChangedError) as err:

@@ -1,16 +1,22 @@
-"""Warm start from another run's checkpoint, and frozen params (LiT)."""
+"""Warm start from another run's checkpoint or a pretrained text tower, and frozen
+params (LiT)."""
 
+import json
 import os
+import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from safetensors.numpy import save_file
 
 from mmjax import configs
 from mmjax.data import pipeline
+from mmjax.models import bert, pretrained
 from mmjax.parallel import partitioning
 from mmjax.train import build
 from mmjax.train import perf, warm_start
@@ -322,3 +328,168 @@ def test_lit_trains_the_text_tower_against_the_locked_image_tower(tok, runs, par
   mngr.close()
   _assert_same(restored.opt_state, state.opt_state)
   assert jax.tree.structure(restored.opt_state) == jax.tree.structure(state.opt_state)
+
+
+# A pretrained text tower (config.init.pretrained_text): LiT with the text side locked.
+
+TINY_BERT = dict(kind="bert", width=16, depth=1, num_heads=2, mlp_dim=32, pool="mean")
+BERT_CONFIG = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 16,
+               "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+               "max_position_embeddings": 64, "hidden_act": "gelu", "pad_token_id": 0}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+  """A HF BERT directory (config.json + model.safetensors): a small random BERT
+  with all-MiniLM-L6-v2's vocabulary and 64 positions."""
+  root = tmp_path_factory.mktemp("tiny-bert")
+  kwargs = dict(vocab_size=30522, context_length=64, width=16, depth=1, num_heads=2,
+                mlp_dim=32)
+  boxed = bert.BertEncoder(**kwargs).init(jax.random.key(3), np.zeros((1, 8), np.int32))
+  tensors = pretrained.flax_to_hf(jax.device_get(nn.meta.unbox(boxed)["params"]))
+  save_file(tensors, str(root / "model.safetensors"))
+  (root / "config.json").write_text(json.dumps(BERT_CONFIG))
+  return str(root)
+
+
+def _bert_config(path, **overrides):
+  return tiny_config(**{"data.tokenizer": "minilm", "model.text": dict(TINY_BERT),
+                        "init.pretrained_text": path, "optim.freeze": ("text_tower/.*",),
+                        **overrides})
+
+
+def _abstract_params(config, vocab_size=None):
+  """Shapes of the model's params (nothing allocated); vocab_size: a tokenizer
+  of that many ids instead of config.data.tokenizer's."""
+  tok = (build.tokenizer(config, "/nonexistent-workdir") if vocab_size is None
+         else types.SimpleNamespace(vocab_size=vocab_size, pad_id=0))
+  ex = build.example_batch(config, batch_size=1)
+  model = build.model(config, tok)
+  return state_lib.unbox(jax.eval_shape(model.init, jax.random.key(0), ex["image"],
+                                        ex["text"]))["params"]
+
+
+def test_pretrained_text_loads_the_converted_weights(tiny_bert, capsys):
+  config = _bert_config(tiny_bert)
+  model = build.model(config, build.tokenizer(config, "/nonexistent-workdir"))
+  fresh = _params(model, 0, config)
+  merged = warm_start.apply(config, fresh)
+  _, want = pretrained.load_pretrained(tiny_bert, context_length=config.data.context_length)
+  _assert_same(merged["text_tower"], want)
+  assert np.shape(merged["text_tower"]["embeddings"]["position"]) == (24, 16)
+  for name in fresh:
+    if name != "text_tower":
+      assert all(a is b for a, b in zip(jax.tree.leaves(merged[name]),
+                                        jax.tree.leaves(fresh[name])))
+  count = sum(np.size(x) for x in jax.tree.leaves(want))
+  assert capsys.readouterr().out.strip() == (
+      f"pretrained text tower: 17 tensors ({count / 1e6:.1f}M params) from {tiny_bert}")
+
+
+def test_pretrained_minilm_fills_the_experiments_text_tower():
+  config = _bert_config("minilm", **{"model.text": dict(
+      kind="bert", width=384, depth=6, num_heads=12, mlp_dim=1536, pool="mean")})
+  model = build.model(config, build.tokenizer(config, "/nonexistent-workdir"))
+  merged = warm_start.pretrained_text(config, _params(model, 0, config))
+  _, want = pretrained.load_pretrained(context_length=config.data.context_length)
+  _assert_same(merged["text_tower"], want)
+
+
+def _model_dir(tmp_path, name, config=None, tensors=None):
+  root = tmp_path / name
+  root.mkdir()
+  (root / "config.json").write_text(json.dumps({**BERT_CONFIG, **(config or {})}))
+  if tensors is not None:
+    save_file(tensors, str(root / "model.safetensors"))
+  return str(root)
+
+
+def test_missing_or_foreign_weights_name_the_path(tiny_bert, tmp_path):
+  params = _abstract_params(_bert_config(tiny_bert))
+  missing = str(tmp_path / "no-such-bert")
+  with pytest.raises(FileNotFoundError, match=(
+      rf"config.init.pretrained_text='{missing}': no pretrained BERT directory at "
+      rf"{missing}; give a directory with config.json and model.safetensors")):
+    warm_start.apply(_bert_config(missing), params)
+  no_weights = _model_dir(tmp_path, "config-only")
+  with pytest.raises(FileNotFoundError, match=rf"no weights at {no_weights}/model.safetensors"):
+    warm_start.apply(_bert_config(no_weights), params)
+  gpt2 = {"wte.weight": np.zeros((16, 8), np.float32)}
+  path = _model_dir(tmp_path, "gpt2", config={"model_type": "gpt2"}, tensors=gpt2)
+  with pytest.raises(ValueError, match=(rf"config.init.pretrained_text='{path}': "
+                                        rf"{path}/config.json: model_type='gpt2'; "
+                                        "expected 'bert'")):
+    warm_start.apply(_bert_config(path), params)
+  path = _model_dir(tmp_path, "gpt2-weights", tensors=gpt2)
+  with pytest.raises(ValueError, match=rf"{path}/model.safetensors is not a BERT checkpoint"):
+    warm_start.apply(_bert_config(path), params)
+
+
+@pytest.mark.parametrize("overrides,vocab,match", [
+    ({"model.text.width": 32}, None,
+     r"config.model.text is not the BERT of .*: width=32 here, 16 there; set "
+     r"--config.model.text.width=16\."),
+    ({"model.text.depth": 2, "model.text.mlp_dim": None}, None,
+     r"depth=2 here, 1 there, mlp_dim=64 here, 32 there; set --config.model.text.depth=1 "
+     r"--config.model.text.mlp_dim=32\."),
+    ({"data.context_length": 80}, None,
+     r"config.data.context_length=80 but .* has position embeddings for 64 tokens"),
+    ({"data.tokenizer": "/runs/x/shapes_sp256.model"}, 256,
+     r"the tokenizer \(config.data.tokenizer='/runs/x/shapes_sp256.model'\) has 256 ids but "
+     r".* embeds 30522; set --config.data.tokenizer"),
+    ({"model.text.pool": "pooler"}, None, r"model.safetensors has no pooler.dense weights; "
+                                          r"use pool='mean' or 'first'"),
+])
+def test_a_text_tower_that_differs_says_what_to_set(tiny_bert, overrides, vocab, match):
+  config = _bert_config(tiny_bert, **overrides)
+  with pytest.raises(ValueError, match=match):
+    warm_start.pretrained_text(config, _abstract_params(config, vocab))
+
+
+def test_pretrained_text_config_is_validated():
+  configs.validate(_bert_config("/not/read/yet"))  # the path is checked when read
+  with pytest.raises(configs.ConfigError, match=r"loads a BERT text tower but "
+                                                r"config.model.text.kind='transformer'"):
+    configs.validate(tiny_config(**{"init.pretrained_text": "minilm",
+                                    "data.tokenizer": "minilm"}))
+  with pytest.raises(configs.ConfigError, match=r"config.data.tokenizer is empty .* "
+                                                r"--config.data.tokenizer=minilm"):
+    configs.validate(_bert_config("minilm", **{"data.tokenizer": ""}))
+  with pytest.raises(configs.ConfigError, match=r"config.init.pretrained_text=None must be"):
+    configs.validate(_bert_config(None))
+  config = tiny_config(**{"init.pretrained_text": "minilm"})  # not validated first
+  with pytest.raises(ValueError, match="needs a BERT text tower: set "
+                                       "--config.model.text.kind=bert"):
+    warm_start.pretrained_text(config, {})
+
+
+def test_locked_pretrained_text_tower_is_unchanged_by_training(tiny_bert, tmp_path):
+  """A few sharded steps of LiT with the text side locked: the text tower is
+  bitwise the converted checkpoint, everything else trained; the run then
+  evaluates held-out phrasings through mmjax.evaluate's path."""
+  from mmjax import evaluate  # pylint: disable=g-import-not-at-top
+  from mmjax.train import loop  # pylint: disable=g-import-not-at-top
+
+  config = _bert_config(tiny_bert, **{"total_steps": 3, "eval_every": 0,
+                                      "checkpoint_every": 0, "mesh.fsdp": 2})
+  workdir = str(tmp_path / "run")
+  result = loop.train_and_evaluate(config, workdir)
+  assert np.isfinite(result["image_to_text_R@1"])
+  trained = warm_start.load_params(workdir)
+  _, want = pretrained.load_pretrained(tiny_bert, context_length=config.data.context_length)
+  _assert_same(trained["text_tower"], want)
+  model = build.model(config, build.tokenizer(config, workdir))
+  fresh = jax.device_get(_params(model, config.seed, config))
+  for name in ("image_tower", "image_proj", "text_proj"):
+    changed = [not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(trained[name]), jax.tree.leaves(fresh[name]))]
+    assert all(changed), name
+
+  with config.unlocked():
+    config.eval.evaluators.heldout = -1
+  again = evaluate.evaluate_workdir(config, workdir)
+  assert again["step"] == 3
+  assert again["image_to_text_R@1"] == result["image_to_text_R@1"]
+  assert {"heldout/image_to_text_R@1", "heldout/text_to_image_R@1",
+          "heldout/truncated"} <= set(again)
+  assert again["heldout/truncated"] == 0.0
