@@ -8,7 +8,7 @@ loss. The text side gets no gradient, so what MiniLM knows about language
 (that "a red circle sits above a blue square" says what "a red circle above a
 blue square" says) is what the image embeddings are tied to. The `heldout`
 evaluator measures that: retrieval on the test images captioned with sentence
-frames that training never draws (shapes.HELDOUT_TEMPLATES).
+frames that training never draws (mmjax/data/shapes_heldout.py).
 
   python -m mmjax.train --config experiments/shapes_lit_minilm.py --workdir runs/lit_minilm
   python -m mmjax.evaluate --config experiments/shapes_lit_minilm.py --workdir runs/lit_minilm

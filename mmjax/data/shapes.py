@@ -64,21 +64,6 @@ TEMPLATES = (
     "{a} {pos}", "there is {a} {pos}", "{a} is {pos}", "a picture of {a} {pos}",
     "{a} alone {pos}",
 )
-# Sentence frames that training never uses (new verbs, word orders and frames
-# around the same attribute and relation words), for measuring how a text
-# tower generalises to phrasings it never saw: `heldout_split` captions the
-# test images with these. Each caption fits in 16 tokens of the default shapes
-# tokenizer, as the training captions do, so a context_length-16 text tower
-# reads them whole. Same slots as TEMPLATES.
-HELDOUT_TEMPLATES = (
-    # 0-4: two objects
-    "{a} sits {rel} {b}", "{a} and {b} {rel_it}", "see {a} {rel} {b}",
-    "it is {a} {rel} {b}", "{a} seen {rel} {b}",
-    # 5-9: one object
-    "{a} can be seen {pos}", "here we see {a} {pos}", "{pos} there is {a}",
-    "{pos} sits {a}", "{pos} we see {a}",
-)
-
 SPLITS = {"train": 0, "test": 1}
 TEST_SEED = 1234  # the test split never depends on the training seed
 P_SINGLE = 0.15
@@ -86,7 +71,6 @@ MARGIN = 0.02  # between an object and the image border
 GAP = 0.04  # at least this much background between two objects
 DOMINANCE = 1.5  # dominant displacement >= 1.5x the other axis: no diagonal cases
 _PICK_STREAM = 1_000_003  # keeps train_batch's caption choice apart from examples
-_HELDOUT_STREAM = 2_000_003  # held-out captions: apart from the test split's own draws
 _NOISE_GRID = 16  # noise is drawn on a fixed grid, so it does not depend on image size
 _SUPERSAMPLE = 2
 _COLOUR_NAMES = tuple(COLOURS)
@@ -312,7 +296,7 @@ def describe(scene: Scene, rng: np.random.Generator, n: int,
 
   templates: indices into `table` to draw from (default: all).
   table: the template strings: TEMPLATES (what training draws from) or
-    HELDOUT_TEMPLATES (phrasings training never sees).
+    shapes_heldout.TEMPLATES (phrasings training never sees).
   """
   draws = _caption_draws(rng, n)
   return [_nth_caption(scene, draws, j, templates, table) for j in range(n)]
@@ -390,34 +374,6 @@ def test_split(image_size: int = 32, num_images: int = 1000,
   image, captions, t2i, scenes = _test_split(image_size, num_images, captions_per_image)
   return {"image": image, "captions": list(captions), "text_to_image": t2i,
           "scenes": list(scenes)}
-
-
-@functools.lru_cache(maxsize=4)
-def _heldout_captions(num_images: int, captions_per_image: int) -> tuple:
-  out = []
-  for i in range(num_images):
-    scene = _sample_scene(_rng(TEST_SEED, "test", i))  # example()'s scene, not drawn
-    rng = np.random.default_rng([TEST_SEED, SPLITS["test"], i, _HELDOUT_STREAM])
-    out.extend(describe(scene, rng, captions_per_image, table=HELDOUT_TEMPLATES))
-  return tuple(out)
-
-
-def heldout_split(image_size: int = 32, num_images: int = 1000,
-                  captions_per_image: int = 5) -> dict:
-  """The test split's images captioned only with HELDOUT_TEMPLATES.
-
-  The same N images, scenes and caption-to-image layout as `test_split`
-  (image i owns captions i * captions_per_image ...), but every caption uses
-  a sentence frame that training never draws, so retrieval on it measures
-  generalisation to unseen phrasings of the same facts. Deterministic: its
-  own random stream, so neither split's captions depend on the other's.
-
-  Returns the keys of test_split: {"image" (read-only, shared with
-  test_split), "captions", "text_to_image", "scenes"}.
-  """
-  split = test_split(image_size, num_images, captions_per_image)
-  split["captions"] = list(_heldout_captions(num_images, captions_per_image))
-  return split
 
 
 def caption_corpus(num: int, seed: int = 0, captions_per_image: int = 5) -> list:

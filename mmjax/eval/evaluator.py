@@ -8,7 +8,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mmjax.data import pipeline, shapes
+from mmjax.data import pipeline, shapes_heldout
 from mmjax.eval import retrieval
 
 # Metric names of `heldout`: retrieval_metrics' keys under this prefix.
@@ -80,7 +80,7 @@ def evaluate(model, params, data: dict, batch_size: int) -> dict[str, float]:
 
 def heldout_data(config, tokenizer) -> dict:
   """The first config.eval.num_images shapes test images (all when -1), with
-  captions in phrasings training never uses (shapes.heldout_split), tokenized
+  captions in phrasings training never uses (shapes_heldout.heldout_split), tokenized
   to config.data.context_length.
 
   Returns {"image": uint8 [N, S, S, 3], "text": int32 [M, L], "text_to_image":
@@ -90,7 +90,7 @@ def heldout_data(config, tokenizer) -> dict:
   if config.data.name != "shapes":
     raise ValueError(f"config.data.name={config.data.name!r}: held-out phrasings exist "
                      "for the shapes dataset only; remove eval.evaluators.heldout.")
-  split = shapes.heldout_split(image_size=config.data.image_size,
+  split = shapes_heldout.heldout_split(image_size=config.data.image_size,
                                num_images=pipeline.TEST_IMAGES)
   n = config.eval.num_images
   n = len(split["image"]) if n == -1 else min(n, len(split["image"]))

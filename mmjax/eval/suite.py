@@ -13,7 +13,7 @@ Evaluators:
   zeroshot    shape / colour / relation classification from prompts (shapes)
   itm         image-text matching heads trained on frozen towers (shapes)
   heldout     retrieval on the test images captioned in phrasings training
-              never uses (shapes.HELDOUT_TEMPLATES): generalisation to new
+              never uses (shapes_heldout.TEMPLATES): generalisation to new
               sentence frames (shapes)
 
 Their results are one flat dict: retrieval under the contract's names, the

@@ -1,4 +1,4 @@
-"""Tests for the held-out phrasings of mmjax/data/shapes.py: HELDOUT_TEMPLATES and
+"""Tests for the held-out phrasings of mmjax/data/shapes_heldout.py: TEMPLATES and
 heldout_split (training never draws them; same test images; deterministic)."""
 
 import re
@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from mmjax.data import shapes, tokenizer
+from mmjax.data import shapes, shapes_heldout, tokenizer
 
 # An independent reader: each template becomes an exact regex whose slots
 # capture the object phrases and relation words; meaning comes from the words.
@@ -30,7 +30,7 @@ def _regex(template):
 
 
 TRAIN = [_regex(t) for t in shapes.TEMPLATES]
-HELDOUT = [_regex(t) for t in shapes.HELDOUT_TEMPLATES]
+HELDOUT = [_regex(t) for t in shapes_heldout.TEMPLATES]
 
 
 def _obj(phrase):
@@ -74,7 +74,7 @@ def says(facts, scene):
 
 @pytest.fixture(scope="module")
 def heldout():
-  return shapes.heldout_split()
+  return shapes_heldout.heldout_split()
 
 
 def test_training_never_draws_a_heldout_phrasing(heldout):
@@ -110,14 +110,14 @@ def test_heldout_split_is_the_test_images_with_true_captions(heldout):
       frames.append(index)
     assert len(set(frames)) == 5, caps  # five different held-out frames per image
     used.update(frames)
-  assert used == set(range(len(shapes.HELDOUT_TEMPLATES)))
+  assert used == set(range(len(shapes_heldout.TEMPLATES)))
 
 
 def test_heldout_split_is_deterministic(heldout):
-  shapes._heldout_captions.cache_clear()
-  again = shapes.heldout_split()
+  shapes_heldout._captions.cache_clear()
+  again = shapes_heldout.heldout_split()
   assert again["captions"] == heldout["captions"]
-  small = shapes.heldout_split(image_size=16, num_images=10, captions_per_image=3)
+  small = shapes_heldout.heldout_split(image_size=16, num_images=10, captions_per_image=3)
   np.testing.assert_array_equal(small["image"], shapes.test_split(16, 10)["image"])
   assert len(small["captions"]) == 30
   np.testing.assert_array_equal(small["text_to_image"], np.repeat(np.arange(10), 3))

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from mmjax.data import pipeline, shapes
+from mmjax.data import pipeline, shapes_heldout
 from mmjax.eval import evaluator, retrieval, suite
 from mmjax.train import build
 from mmjax.train import state as state_lib
@@ -27,8 +27,8 @@ def setup():
 
 def _reference(config, tok, model, params, n):
   """Retrieval metrics of the held-out captions of the first n test images,
-  computed directly from shapes.heldout_split."""
-  split = shapes.heldout_split(image_size=config.data.image_size, num_images=1000)
+  computed directly from shapes_heldout.heldout_split."""
+  split = shapes_heldout.heldout_split(image_size=config.data.image_size, num_images=1000)
   captions = split["captions"][:5 * n]
   img = model.apply({"params": params}, split["image"][:n], method=model.encode_image)
   txt = model.apply({"params": params}, tok.encode(captions, config.data.context_length),

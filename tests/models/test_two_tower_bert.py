@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mmjax import configs
-from mmjax.data import pipeline, shapes
+from mmjax.data import pipeline, shapes, shapes_heldout
 from mmjax.data.wordpiece import WordPieceTokenizer
 from mmjax.models import bert, pretrained, text, two_tower
 from mmjax.train import build
@@ -160,7 +160,7 @@ def test_minilm_experiment_reads_every_caption_whole():
   config = shapes_lit_minilm.get_config()
   configs.validate(config)
   tok = WordPieceTokenizer(pretrained.minilm_files().root)
-  captions = (shapes.test_split()["captions"] + shapes.heldout_split()["captions"]
+  captions = (shapes.test_split()["captions"] + shapes_heldout.heldout_split()["captions"]
               + shapes.caption_corpus(5000))
   length = config.data.context_length
   counts = (tok.encode(captions, length + 8) != tok.pad_id).sum(1)
