@@ -22,7 +22,8 @@ def get_config():
   config = configs.vit_b16_on_prepared_data("coco_karpathy")
   config.data.context_length = 64
   config.data.vocab_size = 32000
-  config.model.text = dict(width=768, depth=12, num_heads=12, causal=False, pool="first")
+  config.model.towers.text = dict(kind="transformer", width=768, depth=12, num_heads=12,
+                                  causal=False, pool="first")
   config.model.embed_dim = 768
   config.loss.name = "sigmoid_contrastive"
   config.model.temperature_init = 10.0   # SigLIP: t' = log 10, b = -10

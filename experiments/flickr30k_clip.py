@@ -19,10 +19,11 @@ from mmjax import configs
 
 def get_config():
   config = configs.vit_b16_on_prepared_data("flickr30k")
-  config.model.image.pool = "cls"    # CLIP pools the class token
+  config.model.towers.image.pool = "cls"    # CLIP pools the class token
   config.data.context_length = 77
   config.data.vocab_size = 16000
-  config.model.text = dict(width=512, depth=12, num_heads=8, causal=True, pool="eos")
+  config.model.towers.text = dict(kind="transformer", width=512, depth=12, num_heads=8,
+                                  causal=True, pool="eos")
   config.model.embed_dim = 512
   config.loss.name = "softmax_contrastive"
   config.model.temperature_init = 1 / 0.07

@@ -12,5 +12,5 @@ def get_config():
   config.model.temperature_init = 1 / 0.07   # CLIP's initial logit scale
   config.model.bias_init = None               # the softmax loss is shift-invariant
   # Zero-shot shape / colour / relation at the end (and in mmjax.evaluate).
-  config.eval.evaluators.zeroshot = -1
+  config.eval.evaluators.zeroshot.every = -1
   return config

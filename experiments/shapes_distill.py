@@ -64,10 +64,10 @@ def get_config(arm: str = "kl"):
   config.loss.name = "sigmoid_contrastive"
   config.model.temperature_init = 10.0   # SigLIP: t' = log 10, b = -10
   config.model.bias_init = -10.0
-  config.model.image = ml_collections.ConfigDict(dict(
+  config.model.towers.image = ml_collections.ConfigDict(dict(
       kind="vit", patch_size=8, width=128, depth=2, num_heads=4, pool="gap", stem="conv"))
-  config.model.text = ml_collections.ConfigDict(dict(
-      width=128, depth=1, num_heads=4, causal=True, pool="eos"))
+  config.model.towers.text = ml_collections.ConfigDict(dict(
+      kind="transformer", width=128, depth=1, num_heads=4, causal=True, pool="eos"))
   config.model.embed_dim = 64
   if arm != "none":
     # A placeholder rather than "": the teacher must be named on the command line.

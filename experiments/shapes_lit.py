@@ -34,5 +34,5 @@ def get_config():
   config.init.include = IMAGE
   config.optim.freeze = IMAGE
   # Zero-shot shape / colour / relation at the end (and in mmjax.evaluate).
-  config.eval.evaluators.zeroshot = -1
+  config.eval.evaluators.zeroshot.every = -1
   return config

@@ -16,7 +16,7 @@ frames that training never draws (mmjax/data/shapes_heldout.py).
   # The from-scratch baseline (both towers trained), evaluated on the same phrasings:
   python -m mmjax.train --config experiments/shapes_siglip.py --workdir runs/default
   python -m mmjax.evaluate --config experiments/shapes_siglip.py --workdir runs/default \
-      --config.eval.evaluators.heldout=-1
+      --config.eval.evaluators.heldout.every=-1
 
 Arms (`--config experiments/shapes_lit_minilm.py:ARM`):
 
@@ -83,12 +83,12 @@ def get_config(arm: str = "locked"):
   config.data.context_length = 20
   # all-MiniLM-L6-v2's size (its config.json); the run stops before step 1,
   # saying what to set, if these disagree with the checkpoint.
-  config.model.text = ml_collections.ConfigDict(dict(
+  config.model.towers.text = ml_collections.ConfigDict(dict(
       kind="bert", width=384, depth=6, num_heads=12, mlp_dim=1536, pool="mean"))
   config.init.pretrained_text = "minilm"  # or a HF BERT directory
   config.optim.freeze = TEXT_TOWER if arm == "train_proj" else TEXT_SIDE
   if arm == "mse":
     config.loss.terms.mse_alignment = 1.0
-  config.eval.evaluators.zeroshot = -1
-  config.eval.evaluators.heldout = -1
+  config.eval.evaluators.zeroshot.every = -1
+  config.eval.evaluators.heldout.every = -1
   return config

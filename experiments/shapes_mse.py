@@ -16,5 +16,5 @@ def get_config():
   config.model.temperature_init = 1 / 0.07
   config.model.bias_init = None
   # Zero-shot shape / colour / relation at the end (and in mmjax.evaluate).
-  config.eval.evaluators.zeroshot = -1
+  config.eval.evaluators.zeroshot.every = -1
   return config

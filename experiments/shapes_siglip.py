@@ -12,5 +12,5 @@ def get_config():
   config.model.temperature_init = 10.0   # SigLIP: t' = log 10, b = -10
   config.model.bias_init = -10.0
   # Zero-shot shape / colour / relation at the end (and in mmjax.evaluate).
-  config.eval.evaluators.zeroshot = -1
+  config.eval.evaluators.zeroshot.every = -1
   return config

@@ -20,12 +20,14 @@ def setup(argv) -> None:
 @contextlib.contextmanager
 def clean_errors():
   """Turns the errors a user can fix (bad config, data, paths, NaN loss) into one
-  line on stderr and exit status 1, instead of a traceback through JAX."""
-  from mmjax.train.loop import NonFiniteLossError  # lazily: imports JAX
+  line on stderr and exit status 1, instead of a traceback through JAX.
 
+  A non-finite loss stops training with mmjax.train.actions.NonFiniteLossError,
+  a FloatingPointError: caught as such, so this module imports nothing of JAX.
+  """
   try:
     yield
-  except (ValueError, OSError, NonFiniteLossError) as e:
+  except (ValueError, OSError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
 

@@ -5,6 +5,7 @@ Experiments in `experiments/` start from `base()` and change what they need.
 with a message that names the key and the fix, not an hour later inside XLA.
 """
 
+import json
 import math
 import os
 import re
@@ -35,7 +36,10 @@ def base() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "sigmoid_contrastive"
   c.loss.weight = 1.0
-  # Extra weighted terms added to loss.name, e.g. {"mse_alignment": 1.0}.
+  c.loss.pair = ("image", "text")  # the modalities loss.name compares
+  # More weighted terms, each dict(fn=NAME_OR_DOTTED_PATH, weight=w, pair=(a, b),
+  # inputs={param: output or batch field}), or a bare weight for a loss over
+  # (image, text): {"mse_alignment": 1.0}. See mmjax/losses/terms.py.
   c.loss.terms = ml_collections.ConfigDict()
   # How contrastive losses run when the batch spans several devices: "auto" (the
   # memory-lean cross-device form: gather for softmax, ring for sigmoid),
@@ -65,12 +69,23 @@ def base() -> ml_collections.ConfigDict:
   # model directory, tokenizer.json or vocab.txt: a WordPiece tokenizer (for a
   # pretrained model.text.kind="bert" tower; see init.pretrained_text).
   c.data.tokenizer = ""
+  # Extra fields of every batch and of the test split (shapes: "sketch", a
+  # colourless edge view of the image; "scene_id", an id of the described scene).
+  c.data.fields = ()
 
   c.model = ml_collections.ConfigDict()
-  c.model.image = ml_collections.ConfigDict(dict(
+  c.model.name = "multi_tower"  # or a dotted path to a fork's model class
+  # Modality -> tower: kind (mmjax.models.registry.TOWERS or a dotted path to a
+  # flax Module), input (the batch field it reads; default: the modality), and
+  # the tower's own attributes.
+  c.model.towers = ml_collections.ConfigDict()
+  c.model.towers.image = ml_collections.ConfigDict(dict(
       kind="vit", patch_size=8, width=256, depth=4, num_heads=4, pool="gap", stem="conv"))
-  c.model.text = ml_collections.ConfigDict(dict(
-      width=256, depth=2, num_heads=4, causal=True, pool="eos"))
+  c.model.towers.text = ml_collections.ConfigDict(dict(
+      kind="transformer", width=256, depth=2, num_heads=4, causal=True, pool="eos"))
+  # Name -> head reading the towers' outputs: kind (registry.HEADS or a dotted path).
+  c.model.heads = ml_collections.ConfigDict()
+  c.model.pair_scales = ()    # pairs (a, b) with a logit scale and bias of their own
   c.model.embed_dim = 128
   c.model.temperature_init = 10.0
   c.model.max_temperature = 100.0
@@ -92,14 +107,18 @@ def base() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 500     # images (and captions) encoded per call
   c.eval.num_images = 1000    # first N test images (-1: all); shapes has 1,000 x 5 captions
-  # Evaluator -> period: 0 at every eval_every, N every N steps, -1 only at the
-  # end (and in python -m mmjax.evaluate), None off. See mmjax/eval/suite.py.
+  # Id -> dict(kind=NAME_OR_DOTTED_PATH, every=PERIOD, **kwargs); every: 0 at
+  # every eval_every, N every N steps, -1 only at the end (and in python -m
+  # mmjax.evaluate), None off. See mmjax/eval/evaluators.py.
+  off = ml_collections.config_dict.placeholder(int)
   c.eval.evaluators = ml_collections.ConfigDict({
-      "retrieval": 0,
-      "zeroshot": ml_collections.config_dict.placeholder(int),  # None: off
-      "itm": ml_collections.config_dict.placeholder(int),
-      # Retrieval on captions in phrasings training never uses (shapes only).
-      "heldout": ml_collections.config_dict.placeholder(int)})
+      "retrieval": ml_collections.ConfigDict(dict(kind="retrieval", every=0,
+                                                  pair=("image", "text"))),
+      # shapes only: zero-shot prompts, image-text matching heads, and
+      # retrieval on captions in phrasings training never uses.
+      "zeroshot": ml_collections.ConfigDict(dict(kind="zeroshot", every=off)),
+      "itm": ml_collections.ConfigDict(dict(kind="itm", every=off)),
+      "heldout": ml_collections.ConfigDict(dict(kind="heldout", every=off))})
   c.eval.reports = True       # recall curves, retrieval grid, PCA plot at the end
 
   # Warm start (LiT): before step 0 of a fresh run (not on resume), the params
@@ -165,7 +184,7 @@ def vit_b16_on_prepared_data(name: str):
   c.data.name = name
   c.data.image_size = 224
   c.data.num_workers = 8
-  c.model.image = ml_collections.ConfigDict(dict(
+  c.model.towers.image = ml_collections.ConfigDict(dict(
       kind="vit", patch_size=16, width=768, depth=12, num_heads=12, pool="map",
       stem="patch"))
   c.model.remat = True
@@ -209,7 +228,7 @@ def diff(saved: dict, current: dict) -> list[str]:
   saved, current: nested dicts (`config.to_dict()` or its JSON round trip).
   """
   runtime = lambda k: any(k == r or k.startswith(r + ".") for r in RUNTIME_KEYS)
-  a, b = flatten(saved), flatten(current)
+  a, b = flatten(upgrade(saved)), flatten(current)
   defaults = flatten(base().to_dict())
   missing = object()
   lines = []
@@ -222,6 +241,33 @@ def diff(saved: dict, current: dict) -> list[str]:
     show = lambda v: "(absent)" if v is missing else repr(v)
     lines.append(f"  {key}: {show(old)} -> {show(new)}")
   return lines
+
+
+def upgrade(saved: dict) -> dict:
+  """A config dict written by an earlier mmjax, in today's layout.
+
+  Before towers were keyed by modality a config had model.image and
+  model.text (text without a kind: the transformer), loss terms as
+  {name: weight} and evaluators as {name: period}. Their parameter paths
+  (image_tower/..., text_tower/...) are unchanged, so such a run resumes,
+  warm-starts or teaches as it is once its config reads in the new layout.
+  """
+  saved = json.loads(json.dumps(saved))  # a deep copy of plain values
+  model = saved.get("model", {})
+  if "towers" not in model and ("image" in model or "text" in model):
+    towers = {}
+    if "image" in model:
+      towers["image"] = {"kind": "vit", **model.pop("image")}
+    if "text" in model:
+      towers["text"] = {"kind": "transformer", **model.pop("text")}
+    model["towers"] = towers
+  evaluators = saved.get("eval", {}).get("evaluators", {})
+  for eid, spec in list(evaluators.items()):
+    if spec is None or isinstance(spec, int):
+      evaluators[eid] = {"kind": eid, "every": spec}
+      if eid == "retrieval":
+        evaluators[eid]["pair"] = ["image", "text"]
+  return saved
 
 
 class ConfigError(ValueError):
@@ -336,11 +382,13 @@ def _validate_pretrained_text(value, config) -> None:
         f"config.init.pretrained_text={value!r} needs the checkpoint's own vocabulary, "
         "but config.data.tokenizer is empty (a tokenizer trained on the captions); set "
         "--config.data.tokenizer=minilm, or the model directory.")
-  kind = config.model.text.get("kind", "transformer")
+  text = config.model.towers.get("text", None)
+  kind = text.get("kind", None) if text is not None else None
   if value and kind != "bert":
     raise ConfigError(
         f"config.init.pretrained_text={value!r} loads a BERT text tower but "
-        f"config.model.text.kind={kind!r}; set model.text to the checkpoint's BERT, "
+        f"config.model.towers.text.kind={kind!r}; set model.towers.text to the "
+        "checkpoint's BERT, "
         "e.g. for all-MiniLM-L6-v2 dict(kind='bert', width=384, depth=6, num_heads=12, "
         "mlp_dim=1536, pool='mean') (see experiments/shapes_lit_minilm.py), or set "
         "--config.init.pretrained_text=''.")

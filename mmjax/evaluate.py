@@ -24,8 +24,7 @@ def evaluate_workdir(config, workdir: str, export: str | None = None) -> dict:
   """Restores the latest checkpoint of `workdir` and returns its metrics + step."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from mmjax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from mmjax.eval import reports, suite  # pylint: disable=g-import-not-at-top
+  from mmjax.eval import evaluators as evaluators_lib  # pylint: disable=g-import-not-at-top
   from mmjax.train import build, checkpoint, metrics  # pylint: disable=g-import-not-at-top
   from mmjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
@@ -36,29 +35,41 @@ def evaluate_workdir(config, workdir: str, export: str | None = None) -> dict:
                             f"python -m mmjax.train --config ... --workdir {workdir}")
   tok = build.tokenizer(config, workdir)
   model = build.model(config, tok)
-  tx, _ = state_lib.optimizer(config)
+  mesh = build.mesh(config)
+  tx, _ = state_lib.optimizer(config, build.freeze_mask(config, model, mesh))
   # Restored straight into the layout of this run's mesh, whatever mesh trained it.
-  shardings = build.state_shardings(config, model, tx, build.mesh(config))
+  shardings = build.state_shardings(config, model, tx, mesh)
   restored = checkpoint.restore_latest(checkpoint.manager(workdir, read_only=True),
                                       build.abstract_state(config, model, tx, shardings))
   if restored is None:
     raise FileNotFoundError(f"{ckpt_dir} holds no complete checkpoint; train first.")
-  test = pipeline.test_data(config, tok)
-  names = list(suite.enabled(config.eval.evaluators))
-  if export and "retrieval" not in names:
-    names.append("retrieval")  # the export needs its embeddings
-  result, embeddings = suite.run(names, model, restored.state.params, test, tok, config)
+  context = evaluators_lib.Context.for_run(config, tok)
+  evaluators = evaluators_lib.build_all(config, context, tuple(config.model.towers))
+  if export:  # the export needs the (image, text) retrieval embeddings
+    evaluators.setdefault("retrieval", evaluators_lib.build_all(
+        _only_retrieval(config), context, tuple(config.model.towers))["retrieval"])
+  result = evaluators_lib.run(evaluators, list(evaluators), model, restored.state.params,
+                              config.eval.batch_size)
   result["step"] = restored.step
   metrics.write_json(os.path.join(workdir, "eval.json"), result)
-  captions = tok.decode(test["text"])
-  if embeddings:
-    reports.write_all(workdir, test, embeddings["image"], embeddings["text"], captions)
+  for evaluator in evaluators.values():
+    if hasattr(evaluator, "report"):
+      evaluator.report(workdir)
   if export:
-    np.savez(export, image_emb=embeddings["image"], text_emb=embeddings["text"],
-             text_to_image=test["text_to_image"],
-             image_ids=test["image_ids"],
-             captions=np.asarray(captions))
+    test, emb = context.test, evaluators["retrieval"].last
+    np.savez(export, image_emb=emb["image"], text_emb=emb["text"],
+             text_to_image=test["text_to_image"], image_ids=test["image_ids"],
+             captions=np.asarray(tok.decode(test["text"])))
   return result
+
+
+def _only_retrieval(config):
+  """config with one evaluator: retrieval over (image, text)."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.eval.evaluators = {"retrieval": dict(kind="retrieval", every=-1,
+                                                pair=("image", "text"))}
+  return config
 
 
 def main(argv):
@@ -70,8 +81,8 @@ def main(argv):
   with cli.clean_errors():
     result = evaluate_workdir(_CONFIG.value, _WORKDIR.value, _EXPORT.value)
     print(f"checkpoint step {result['step']} in {_WORKDIR.value}")
-    from mmjax.eval import suite  # pylint: disable=g-import-not-at-top
-    print(suite.format_results(result))
+    from mmjax.eval import evaluators  # pylint: disable=g-import-not-at-top
+    print(evaluators.format_results(result))
     if _EXPORT.value:
       print(f"embeddings written to {_EXPORT.value}")
 

@@ -16,6 +16,11 @@ Batches are made by grain: a `MapDataset` over step numbers, mapped to whole
 batches, read by `config.data.num_workers` worker processes (0: a
 background thread). The iterator's `get_state()` / `set_state()` let a
 checkpoint save and restore its position.
+
+`config.data.fields` (a tuple of names, default ()) adds extra fields to every
+batch and to the test split: a second view of the image or a per-example
+label, from `shapes_views.FIELDS` (shapes only). `batch_spec` and `test_fields`
+say which fields there will be, and their shapes, before anything is loaded.
 """
 
 import concurrent.futures
@@ -29,6 +34,7 @@ import numpy as np
 from mmjax.data import image_text
 from mmjax.data import preprocess
 from mmjax.data import shapes
+from mmjax.data import shapes_views
 from mmjax.data.tokenizer import Tokenizer
 
 # The fixed shapes test split: 1,000 images x 5 captions, the same for every run.
@@ -39,8 +45,39 @@ _MAX_STEPS = 2**40
 _MAX_RETRIES = 16
 
 
+def data_fields(data_cfg) -> tuple[str, ...]:
+  """The extra fields of every batch: config.data.fields, () when unset."""
+  fields = data_cfg.get("fields", ()) or ()
+  if isinstance(fields, str):  # tuple("sketch") would split it into letters
+    raise ValueError(f"config.data.fields={fields!r} is a string; make it a tuple of "
+                     f"names, e.g. --config.data.fields='(\"{fields}\",)'.")
+  return tuple(fields)
+
+
+def _check_fields(data_cfg) -> tuple[str, ...]:
+  """config.data.fields, checked: known names, no repeats, a dataset that has them."""
+  fields = data_fields(data_cfg)
+  known = sorted(shapes_views.FIELDS)
+  for name in fields:
+    if name not in shapes_views.FIELDS:
+      raise ValueError(f"config.data.fields has {name!r}, which is not a field; the "
+                       f"known fields are {known}: fix the name or remove it from "
+                       "config.data.fields.")
+    if data_cfg.name != "shapes":
+      raise ValueError(f"config.data.fields has {name!r}, but only the 'shapes' dataset "
+                       f"supplies extra fields ({known}) and config.data.name="
+                       f"{data_cfg.name!r}: remove it from config.data.fields or set "
+                       "--config.data.name=shapes.")
+  repeated = sorted({name for name in fields if fields.count(name) > 1})
+  if repeated:
+    raise ValueError(f"config.data.fields={fields} names {repeated} more than once; "
+                     "list each field once.")
+  return fields
+
+
 def check_data_config(data_cfg) -> None:
   """Fails before any compile if the config names data that cannot be read."""
+  _check_fields(data_cfg)
   if data_cfg.name == "shapes":
     return
   if not data_cfg.name:
@@ -53,6 +90,29 @@ def check_data_config(data_cfg) -> None:
         f"--data-dir DIR --name {data_cfg.name}` wrote it); the built-in dataset "
         "is 'shapes'.")
   image_text.check_dataset(data_cfg.data_dir, data_cfg.name)  # names the prepare command
+
+
+def batch_spec(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """name -> (shape of ONE example, dtype) of the fields a training batch feeds
+  the model: "image" (S, S, 3) uint8, "text" (L,) int32, then each of
+  config.data.fields (see shapes_views.field_spec). Prepared datasets' batches
+  also carry "bad_records", a counter the loop pops, not a model input.
+  """
+  size = config.data.image_size
+  spec = {"image": ((size, size, 3), np.dtype(np.uint8)),
+          "text": ((config.data.context_length,), np.dtype(np.int32))}
+  for name in _check_fields(config.data):
+    spec[name] = shapes_views.field_spec(name, size)
+  return spec
+
+
+def test_fields(data_cfg) -> tuple[str, ...]:
+  """The per-example modality fields of the test split: ("image", "text", *fields).
+
+  "image" and each extra field have one row per test image, "text" one per
+  caption (mapped to its image by "text_to_image").
+  """
+  return ("image", "text", *_check_fields(data_cfg))
 
 
 def test_split_size(data_cfg) -> int:
@@ -68,7 +128,12 @@ def test_split_size(data_cfg) -> int:
 
 
 class ShapesBatch:
-  """step -> rows `rows` of the shapes batch of that step."""
+  """step -> rows `rows` of the shapes batch of that step.
+
+  Returns {"image": uint8 [b, S, S, 3], "text": int32 [b, L]} and each of
+  config.data.fields (sketch: uint8 [b, S, S, 1], scene_id: int32 [b]),
+  computed from the same rows' images and scenes.
+  """
 
   def __init__(self, config, tokenizer: Tokenizer, rows: Sequence[int] | None):
     self.seed = config.seed
@@ -77,12 +142,17 @@ class ShapesBatch:
     self.context_length = config.data.context_length
     self.tokenizer = tokenizer
     self.rows = None if rows is None else np.asarray(rows)
+    # Checked here, in the main process: a bad name fails now, not in a worker.
+    self.fields = _check_fields(config.data)
 
   def __call__(self, step: int) -> dict:
     raw = shapes.train_batch(self.seed, int(step), self.batch_size, rows=self.rows,
-                             image_size=self.image_size)
-    return {"image": raw["image"],
-            "text": self.tokenizer.encode(raw["caption"], self.context_length)}
+                             image_size=self.image_size, with_scenes=bool(self.fields))
+    batch = {"image": raw["image"],
+             "text": self.tokenizer.encode(raw["caption"], self.context_length)}
+    for name in self.fields:
+      batch[name] = shapes_views.FIELDS[name](raw["image"], raw["scenes"])
+    return batch
 
 
 class RecordBatch:
@@ -159,6 +229,7 @@ class RecordBatch:
 
 def batch_maker(config, tokenizer: Tokenizer, rows=None):
   """The step -> batch function of the configured dataset."""
+  _check_fields(config.data)  # prepared data has no extra fields: fail, don't drop them
   if config.data.name == "shapes":
     return ShapesBatch(config, tokenizer, rows)
   return RecordBatch(config, tokenizer, rows)
@@ -174,8 +245,9 @@ def train_batches(config, tokenizer: Tokenizer, start_step: int, rows=None):
   `next()`, never swallowed.
 
   Returns a `grain.DatasetIterator`: `next()` gives {"image": uint8
-  [b, S, S, 3], "text": int32 [b, L]} (and "bad_records" for prepared data);
-  `get_state()` / `set_state()` save and restore its position.
+  [b, S, S, 3], "text": int32 [b, L]} plus config.data.fields (see `batch_spec`),
+  and "bad_records" for prepared data; `get_state()` / `set_state()` save and
+  restore its position.
   """
   steps = grain.MapDataset.range(start_step, _MAX_STEPS)
   dataset = steps.map(batch_maker(config, tokenizer, rows)).to_iter_dataset(
@@ -206,21 +278,28 @@ def test_data(config, tokenizer: Tokenizer) -> dict:
   Returns {"image": uint8 [N, S, S, 3], "text": int32 [M, L],
            "text_to_image": int32 [M], "image_ids": [N] str} with
   N = config.eval.num_images (all images when it is -1), M the number of
-  their captions.
+  their captions; plus each of config.data.fields for the N images (sketch:
+  uint8 [N, S, S, 1], scene_id: int32 [N]).
   """
+  fields = _check_fields(config.data)
+  scenes = None
   if config.data.name == "shapes":
     split = shapes.test_split(image_size=config.data.image_size, num_images=TEST_IMAGES)
     images, captions, owner = split["image"], split["captions"], split["text_to_image"]
     ids = [f"shapes_test_{i}" for i in range(len(images))]
+    scenes = split["scenes"]
   else:
     images, captions, owner, ids = _record_test_split(config)
   n = _num_eval_images(config, len(images))
   keep = np.asarray(owner) < n
   captions = [c for c, k in zip(captions, keep) if k]
-  return {"image": np.asarray(images[:n]),
+  data = {"image": np.asarray(images[:n]),
           "text": tokenizer.encode(captions, config.data.context_length),
           "text_to_image": np.asarray(owner)[keep].astype(np.int32),
           "image_ids": np.asarray(ids[:n])}
+  for name in fields:  # only shapes has fields (_check_fields), so scenes is set
+    data[name] = shapes_views.FIELDS[name](data["image"], scenes[:n])
+  return data
 
 
 def _num_eval_images(config, available: int) -> int:

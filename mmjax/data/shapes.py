@@ -34,8 +34,7 @@ SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
 REL_WORDS = {
     "left": ("left of", "to the left of", "on the left of"),
     "right": ("right of", "to the right of", "on the right of"),
-    "above": ("above", "over"),
-    "below": ("below", "under", "beneath"),
+    "above": ("above", "over"), "below": ("below", "under", "beneath"),
 }
 # Relation of the second-named object to the first ("a with b to its right").
 REL_IT_WORDS = {
@@ -107,10 +106,9 @@ def canonical(scene: Scene) -> str:
   words = [f"{o.size} {o.colour} {o.shape}" for o in scene.objects]
   if scene.cell is not None:
     return f"{words[0]} @ {scene.cell[0]},{scene.cell[1]}"
-  rel = scene.relation
-  if rel in ("right", "below"):
-    words, rel = words[::-1], INVERSE[rel]
-  return f"{words[0]} {rel} {words[1]}"
+  if scene.relation in ("right", "below"):
+    return f"{words[1]} {INVERSE[scene.relation]} {words[0]}"
+  return f"{words[0]} {scene.relation} {words[1]}"
 
 
 # --- scenes ------------------------------------------------------------------
@@ -166,9 +164,8 @@ def _sample_background(rng) -> dict:
   """Texture parameters, in image-side units (independent of image size)."""
   c1 = rng.uniform(20, 90, 3)
   bg = {"kind": int(rng.integers(4)), "c1": c1,
-        "c2": np.clip(c1 + rng.uniform(-35, 35, 3), 5, 115),
-        "angle": rng.uniform(0, np.pi), "period": rng.uniform(0.06, 0.25),
-        "phase": rng.uniform(0, 2 * np.pi)}
+        "c2": np.clip(c1 + rng.uniform(-35, 35, 3), 5, 115), "angle": rng.uniform(0, np.pi),
+        "period": rng.uniform(0.06, 0.25), "phase": rng.uniform(0, 2 * np.pi)}
   if bg["kind"] == 0:
     bg["noise"] = rng.standard_normal((_NOISE_GRID, _NOISE_GRID))
   return bg
@@ -327,27 +324,30 @@ def example(seed: int, split: str, index: int, image_size: int = 32,
 
 
 def train_batch(seed: int, step: int, batch_size: int, rows=None, image_size: int = 32,
-                captions_per_image: int = 5, templates=None) -> dict:
+                captions_per_image: int = 5, templates=None, with_scenes: bool = False) -> dict:
   """Rows `rows` of the global training batch of `step`.
 
   Row i is train example step * batch_size + i with ONE of its
   captions_per_image captions, chosen from (seed, step, i), so the batch is a
   function of (seed, step) alone whatever the process layout.
   rows: a slice, an index array or a boolean mask over [0, batch_size)
-  (default: all rows). Returns {"image": uint8 [b, S, S, 3], "caption": list[str]}.
+  (default: all rows). Returns {"image": uint8 [b, S, S, 3], "caption": list[str]},
+  and "scenes": list[Scene] [b] with with_scenes (for shapes_views' fields).
   """
   which = np.random.default_rng([int(seed), _PICK_STREAM, int(step)]).integers(
       captions_per_image, size=batch_size)
   idx = np.arange(batch_size)[slice(None) if rows is None else rows]
   images = np.empty((len(idx), image_size, image_size, 3), np.uint8)
-  captions = []
+  captions, scenes = [], []
   for k, i in enumerate(idx):
     rng = _rng(seed, "train", step * batch_size + int(i))
     scene, bg = _sample_scene(rng), _sample_background(rng)
     images[k] = render(scene, bg, image_size)
     draws = _caption_draws(rng, captions_per_image)  # same draws as example()
     captions.append(_nth_caption(scene, draws, int(which[i]), templates))
-  return {"image": images, "caption": captions}
+    scenes.append(scene)
+  batch = {"image": images, "caption": captions}
+  return {**batch, "scenes": scenes} if with_scenes else batch
 
 
 @functools.lru_cache(maxsize=4)

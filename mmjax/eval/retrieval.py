@@ -301,17 +301,19 @@ def retrieval_metrics(image_emb, text_emb, text_to_image, *,
   return metrics
 
 
-def format_table(metrics: dict[str, float]) -> str:
+def format_table(metrics: dict[str, float],
+                 labels: tuple[str, str] = ("image->text", "text->image")) -> str:
   """Renders `retrieval_metrics` output as an aligned text table for printing.
 
-  One row per direction; columns R@K for each K present (ascending), then
-  mean_rank and median_rank. Extra keys (e.g. `step`) are ignored.
+  One row per direction (named by `labels`); columns R@K for each K present
+  (ascending), then mean_rank and median_rank. Extra keys (e.g. `step`) are
+  ignored.
   """
   prefix = "image_to_text_R@"
   ks = sorted(int(key[len(prefix):]) for key in metrics if key.startswith(prefix))
   header = ["", *(f"R@{k}" for k in ks), "mean_rank", "median_rank"]
   rows = [header]
-  for direction, label in zip(_DIRECTIONS, ("image->text", "text->image")):
+  for direction, label in zip(_DIRECTIONS, labels):
     rows.append([
         label,
         *(f"{metrics[f'{direction}_R@{k}']:.4f}" for k in ks),

@@ -5,22 +5,15 @@ A class is embedded as CLIP does it: every prompt of the class ("a photo of a
 and the mean is normalised again. An image is assigned the class of highest
 cosine similarity.
 
-On the shapes test split three tasks read the ground truth from the scenes:
-shape (6 classes) and colour (8) on the one-object images, and the spatial
-relation (4) on the two-object images, where each image has its own prompts
-naming its two objects (see `shapes_tasks` for why).
+The shapes dataset's tasks (shape, colour, relation) are defined beside it,
+in mmjax/data/shapes_zeroshot.py.
 """
 
-import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
 
-from mmjax.data import pipeline, shapes
-from mmjax.eval import evaluator
-
-# Relations in the order of the relation task's classes.
-RELATIONS = ("left", "right", "above", "below")
+from mmjax.eval.evaluators import batched
 
 
 # --- text side ---------------------------------------------------------------
@@ -53,7 +46,7 @@ def prompt_embeddings(encode_text: Callable, tokenizer, prompts: Sequence[Sequen
   unique = list(dict.fromkeys(t for p in prompts for t in p))
   row = {t: i for i, t in enumerate(unique)}
   tokens = tokenizer.encode(unique, context_length)
-  emb = evaluator.batched(encode_text, tokens, batch_size).astype(np.float64)
+  emb = batched(encode_text, tokens, batch_size).astype(np.float64)
   emb = _unit(emb, "the text encoder's prompt embeddings")
   means = np.stack([emb[[row[t] for t in p]].mean(axis=0) for p in prompts])
   norms = np.linalg.norm(means, axis=-1)
@@ -207,139 +200,4 @@ def classify(image_emb, class_emb, labels, *, ks: Sequence[int] = (1, 5),
   out = {f"top{k}": float(np.mean(ranks <= k)) for k in sorted(set(ks)) if k < c}
   out.update(per_class=per_class, mean_per_class=float(np.mean(list(per_class.values()))),
              confusion=confusion, num_images=n)
-  return out
-
-
-# --- the shapes tasks ----------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """One zero-shot task on the shapes test split.
-
-  name: "shape", "colour" or "relation".
-  class_names: the C classes.
-  image_index: int [n] test images in the task; labels: int [n] in [0, C).
-  templates: prompts with a "{}" slot for the class name, shared by every
-    image (shape, colour); empty when image_prompts is given.
-  image_prompts: [n][C] lists of prompts, one candidate set per image
-    (relation), or None.
-  """
-  name: str
-  class_names: tuple
-  image_index: np.ndarray
-  labels: np.ndarray
-  templates: tuple = ()
-  image_prompts: tuple | None = None
-
-
-def _phrase(size: str, colour: str, shape: str) -> str:
-  return f"a {shapes.SIZE_WORDS[size][0]} {colour} {shape}"
-
-
-def _object_templates(slot: str) -> tuple:
-  """One-object captions (template 6, "{a} {pos}") with `slot` left open.
-
-  The prompts use only caption words: the tokenizer learnt its pieces from the
-  captions, so "shape" or "object" would reach the text tower as letters it has
-  never seen in that order. The attributes that are not asked about (size,
-  the other of colour/shape, position) run over all their values, so averaging
-  the prompts leaves only the asked attribute.
-  """
-  others = shapes.COLOURS if slot == "shape" else shapes.SHAPES
-  out = []
-  for size in shapes.SIZES:
-    for other in others:
-      for pos in shapes.POS_WORDS.values():
-        colour, shape = (other, "{}") if slot == "shape" else ("{}", other)
-        out.append(f"{_phrase(size, colour, shape)} {pos[0]}")
-  return tuple(out)
-
-
-def _relation_prompts(scene: shapes.Scene) -> list:
-  """[4][2] prompts: "A rel B" and the same fact in the other order, "B inv A"."""
-  a, b = (_phrase(o.size, o.colour, o.shape) for o in scene.objects)
-  return [[f"{a} {shapes.REL_WORDS[r][0]} {b}",
-           f"{b} {shapes.REL_WORDS[shapes.INVERSE[r]][0]} {a}"] for r in RELATIONS]
-
-
-def shapes_tasks(scenes: Sequence[shapes.Scene]) -> dict:
-  """The three zero-shot tasks of the shapes test split, labelled from its scenes.
-
-  - shape: 6 classes (shapes.SHAPES), one-object images only: in a two-object
-    image "the" shape is ambiguous.
-  - colour: 8 classes (shapes.COLOURS), one-object images only, likewise.
-  - relation: 4 classes (left, right, above, below), two-object images only,
-    label = the relation of scene.objects[0] to scene.objects[1]. An image
-    always holds something left of something if it holds something right of
-    something, so object-free prompts ("something left of something") cannot
-    tell left from right; the candidates therefore name the image's two objects
-    ("a small red circle left of a large blue square", ..., each also said in
-    the other order). This scores relation reading given the objects, and it is
-    the flipped-relation hard negative of retrieval: a bag of words cannot pass.
-
-  Args:
-    scenes: the test split's scenes (`shapes.test_split(...)["scenes"]`).
-
-  Returns:
-    {"shape": Task, "colour": Task, "relation": Task}.
-  """
-  single = np.array([i for i, s in enumerate(scenes) if s.cell is not None], np.int64)
-  pair = np.array([i for i, s in enumerate(scenes) if s.cell is None], np.int64)
-  labels = lambda index, fn, classes: np.array(
-      [classes.index(fn(scenes[i])) for i in index], np.int64)
-  colours = tuple(shapes.COLOURS)
-  return {
-      "shape": Task("shape", shapes.SHAPES, single,
-                    labels(single, lambda s: s.objects[0].shape, shapes.SHAPES),
-                    templates=_object_templates("shape")),
-      "colour": Task("colour", colours, single,
-                     labels(single, lambda s: s.objects[0].colour, colours),
-                     templates=_object_templates("colour")),
-      "relation": Task("relation", RELATIONS, pair,
-                       labels(pair, lambda s: s.relation, RELATIONS),
-                       image_prompts=tuple(_relation_prompts(scenes[i]) for i in pair)),
-  }
-
-
-def evaluate_shapes_zeroshot(model, params, tokenizer, config) -> dict[str, float]:
-  """Zero-shot accuracy of the model on the shapes test split's three tasks.
-
-  Uses the first config.eval.num_images test images (all when -1) at
-  config.data.image_size, prompts of config.data.context_length tokens, and
-  config.eval.batch_size images or prompts per encoder call (the shapes the
-  retrieval evaluation compiles already).
-
-  Returns:
-    {"zeroshot/{task}_top{K}", "zeroshot/{task}_mean_per_class"} for task in
-    shape, colour, relation, with K in (1, 5) where K < C (so relation, C = 4,
-    has top1 alone). A task with no image among the first N is left out.
-  """
-  if config.data.name != "shapes":
-    raise ValueError(f"config.data.name={config.data.name!r}: the zero-shot tasks are "
-                     "defined on the shapes test split; set --config.data.name=shapes.")
-  split = shapes.test_split(image_size=config.data.image_size,
-                            num_images=pipeline.TEST_IMAGES)
-  n = config.eval.num_images
-  n = len(split["scenes"]) if n == -1 else min(n, len(split["scenes"]))
-  batch, length = config.eval.batch_size, config.data.context_length
-  encode_text = evaluator.encode_fn(model, params, "encode_text")
-  img = evaluator.batched(evaluator.encode_fn(model, params, "encode_image"),
-                           np.asarray(split["image"][:n]), batch)
-
-  out = {}
-  for task in shapes_tasks(split["scenes"][:n]).values():
-    if not len(task.image_index):
-      continue
-    if task.image_prompts is None:
-      cls = class_embeddings(encode_text, tokenizer, task.class_names, task.templates,
-                             length, batch)
-    else:
-      flat = [p for candidates in task.image_prompts for p in candidates]
-      cls = prompt_embeddings(encode_text, tokenizer, flat, length, batch).reshape(
-          len(task.image_index), len(task.class_names), -1)
-    result = classify(img[task.image_index], cls, task.labels,
-                      class_names=task.class_names)
-    for key, value in result.items():
-      if key.startswith("top") or key == "mean_per_class":
-        out[f"zeroshot/{task.name}_{key}"] = value
   return out

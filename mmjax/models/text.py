@@ -49,7 +49,7 @@ class TextTransformer(nn.Module):
     b, length = tokens.shape
     if length > self.context_length:
       raise ValueError(f"tokens have length {length} > context_length "
-                       f"{self.context_length}; raise model.text.context_length.")
+                       f"{self.context_length}; raise data.context_length.")
     valid = tokens != self.pad_id  # [B, L]
     embed = self.param("token_embedding", logical(layers.EMBED_INIT, "vocab", "embed"),
                        (self.vocab_size, self.width))

@@ -82,7 +82,7 @@ class ViT(nn.Module):
     p = self.patch_size
     if h % p or w % p:
       raise ValueError(f"image size {h}x{w} is not divisible by patch_size {p}; "
-                       "change model.image.patch_size or data.image_size.")
+                       "change the tower's patch_size or data.image_size.")
     if self.stem == "conv":
       x = ConvStem(p, self.width, dtype=self.dtype, name="stem")(images.astype(self.dtype))
       x = x.reshape(b, (h // p) * (w // p), x.shape[-1])

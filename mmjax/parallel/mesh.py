@@ -122,8 +122,3 @@ def make_mesh(mesh_cfg, devices: Sequence | None = None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_cfg, len(devices))
   return Mesh(_device_grid(shape, devices), AXES, axis_types=(AxisType.Auto,) * len(AXES))
-
-
-def data_parallel_size(mesh: Mesh) -> int:
-  """Number of devices the batch is split over (data x fsdp)."""
-  return math.prod(mesh.shape[a] for a in BATCH_AXES)

@@ -2,6 +2,7 @@
 sharded state and the jitted train step."""
 
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -9,64 +10,95 @@ import numpy as np
 
 from mmjax import configs, losses
 from mmjax.data import image_text, pipeline, tokenizer as tokenizer_lib, wordpiece
-from mmjax.eval import suite
-from mmjax.losses import sharded
-from mmjax.models import pretrained, two_tower
+from mmjax.eval import evaluators as evaluators_lib
+from mmjax.models import multi_tower, pretrained, registry as model_registry
 from mmjax.parallel import mesh as mesh_lib
 from mmjax.parallel import partitioning
 from mmjax.train import state as state_lib
 from mmjax.train import step as step_lib
 from mmjax.train import warm_start
 
-# What the two-tower model hands to the losses (see TwoTower.__call__).
-MODEL_OUTPUTS = ("zimg", "ztxt", "scale", "bias", "logits")
-# Added with config.distill.projection_dim > 0: the student's map into the
-# teacher's space.
-PROJECTION_OUTPUT = "to_teacher"
 # Train images whose captions train a dataset's tokenizer (evenly spaced):
 # enough for a 32k vocabulary, and reading them takes seconds, not an epoch.
 TOKENIZER_IMAGES = 100_000
+# Tower attributes filled from the run when a tower has them and the config
+# does not set them: the tokenizer's vocabulary and padding, the data's length.
+_FROM_RUN = ("vocab_size", "context_length", "pad_id")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def check(config) -> dict[str, float]:
-  """Validates the whole config before anything is compiled; returns the loss terms."""
+def check(config) -> dict[str, losses.Term]:
+  """Validates the whole config before anything is compiled; returns the loss terms.
+
+  Builds the model abstractly (jax.eval_shape: nothing allocated or compiled)
+  to learn the names it outputs, then checks that every loss term and every
+  evaluator finds what it reads.
+  """
   configs.validate(config)
   pipeline.check_data_config(config.data)
-  suite.check(config)
   configs.validate(config, test_split_size=pipeline.test_split_size(config.data))
+  _check_names(config)
   terms = losses.from_config(config.loss)
-  for name in terms:
-    losses.get(name)  # unknown names fail here, listing the known ones
-  losses.check_inputs(terms, outputs(config))
+  model_ = model(config, vocab_size=config.data.vocab_size, pad_id=0)
+  fields = set(pipeline.batch_spec(config))
+  for modality, spec in config.model.towers.items():
+    if spec.get("input", modality) not in fields:
+      raise configs.ConfigError(
+          f"config.model.towers.{modality} reads batch field "
+          f"{spec.get('input', modality)!r}, but batches hold {sorted(fields)}; set its "
+          "`input` to one of them, or add the field (config.data.fields).")
+  names = outputs(config, model_)
+  losses.check(terms, names, fields, config.model.towers.keys())
   _check_loss_impl(config.loss.impl, terms)
+  evaluators_lib.build_all(config, evaluators_lib.Context.without_data(config),
+                           modalities=tuple(config.model.towers))
   shape = mesh_lib.mesh_shape(config.mesh, jax.device_count())
   mesh_lib.check_batch(config.batch_size, shape, config.optim.grad_accum_steps)
   return terms
 
 
-def outputs(config) -> tuple[str, ...]:
-  """The names the losses may read: the model's, plus the teacher's when
-  config.distill.teacher is set, or left a placeholder (None) that training
-  will require (see mmjax/train/teacher.py)."""
+def _check_names(config) -> None:
+  towers, heads = config.model.towers, config.model.get("heads", {}) or {}
+  if not towers:
+    raise configs.ConfigError("config.model.towers is empty; give one tower per modality, "
+                              "e.g. towers.image = dict(kind='vit', ...).")
+  for what, names in (("towers", towers), ("heads", heads)):
+    for name in names:
+      if not _NAME.fullmatch(name) or name in multi_tower.RESERVED:
+        raise configs.ConfigError(
+            f"config.model.{what}.{name}: names must be identifiers and not one of the "
+            f"output namespaces {multi_tower.RESERVED}; rename it.")
+  if both := sorted(set(towers) & set(heads)):
+    raise configs.ConfigError(f"{both} name both a tower and a head, whose outputs would "
+                              "share a namespace; rename the head.")
+
+
+def outputs(config, model_) -> tuple[str, ...]:
+  """The names the losses may read: the model's (from jax.eval_shape, so
+  derived rather than listed), plus a teacher's when config.distill.teacher is
+  set (or left a placeholder that training will require)."""
+  ex = example_batch(config, batch_size=2)
+  shapes = jax.eval_shape(lambda b: model_.init_with_output(jax.random.key(0), b)[0], ex)
+  names = tuple(shapes)
   distill = config.get("distill") or {}
-  names = MODEL_OUTPUTS
-  if distill.get("projection_dim", 0):
-    names += (PROJECTION_OUTPUT,)
   if distill.get("teacher", "") != "":
-    names += losses.TEACHER_INPUTS
+    names += tuple(f"teacher/z/{m}" for m in config.model.towers) + (
+        losses.terms.TEACHER_TEMPERATURE,)
   return names
 
 
 def _check_loss_impl(impl, terms) -> None:
-  if impl not in sharded.IMPLS:
-    raise configs.ConfigError(
-        f"config.loss.impl={impl!r}; choose one of {sharded.IMPLS}.")
-  for name in terms:
-    forms = sharded.DISTRIBUTED.get(name)
-    if forms is not None and impl not in ("auto", "naive", *forms):
+  """impl is "auto", "naive", or a form every term with distributed forms has."""
+  known = set(losses.sharded.IMPLS).union(
+      *(losses.distributed_forms(t.fn) for t in terms.values()))
+  if impl not in known:
+    raise configs.ConfigError(f"config.loss.impl={impl!r}; choose one of {sorted(known)}.")
+  for term in terms.values():
+    forms = losses.distributed_forms(term.fn)
+    if forms and impl not in ("auto", "naive", *forms):
       raise configs.ConfigError(
-          f"config.loss.impl={impl!r} but loss {name!r} has no {impl!r} form; choose "
-          f"one of {('auto', 'naive', *forms)}.")
+          f"config.loss.impl={impl!r} but loss term {term.id!r} ({term.fn_name}) has no "
+          f"{impl!r} form; choose one of {('auto', 'naive', *forms)}.")
 
 
 def mesh(config, devices=None) -> jax.sharding.Mesh:
@@ -74,14 +106,13 @@ def mesh(config, devices=None) -> jax.sharding.Mesh:
   return mesh_lib.make_mesh(config.mesh, devices)
 
 
-def loss_fn(config, terms: dict[str, float], mesh: jax.sharding.Mesh):
-  """The weighted loss; contrastive terms in their cross-device form when the batch
-  spans several devices (config.loss.impl), other terms as registered."""
-  impls = {}
-  for name in terms:
-    form = losses.distributed_form(name, config.loss.impl, mesh, mesh_lib.BATCH_AXES)
-    if form is not None:
-      impls[name] = form
+def loss_fn(config, terms: dict[str, losses.Term], mesh: jax.sharding.Mesh):
+  """The weighted loss; each term in the form config.loss.impl picks among
+  those registered with its function (cross-device when the batch spans
+  several devices)."""
+  impls = {tid: losses.choose_form(t.fn, losses.distributed_forms(t.fn), config.loss.impl,
+                                   mesh, mesh_lib.BATCH_AXES)
+           for tid, t in terms.items()}
   return losses.combine(terms, impls=impls)
 
 
@@ -117,29 +148,67 @@ def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer | wordpiece.WordP
       data.vocab_size)
 
 
-def model(config, tok: tokenizer_lib.Tokenizer) -> two_tower.TwoTower:
-  model_cfg = config.model.copy_and_resolve_references()
+def model(config, tok=None, *, vocab_size: int | None = None, pad_id: int | None = None):
+  """The model of config.model (config.model.name, default the MultiTower).
+
+  Each tower is `config.model.towers.<m>` with `kind` and `input` as given; a
+  tower class with attributes vocab_size, context_length or pad_id gets the
+  tokenizer's and config.data's unless the config sets them, `remat` follows
+  model.remat unless set, and every tower and head gets the run's dtype.
+  """
+  m = config.model
+  run = {"vocab_size": tok.vocab_size if tok is not None else vocab_size,
+         "context_length": config.data.context_length,
+         "pad_id": tok.pad_id if tok is not None else pad_id,
+         "remat": bool(m.get("remat", False)), "dtype": config.dtype}
+  towers = {}
+  for modality, spec in m.towers.items():
+    spec = dict(spec)
+    cls = model_registry.tower_class(spec.get("kind"), modality)
+    fields = getattr(cls, "__dataclass_fields__", {})
+    for key in (*_FROM_RUN, "remat", "dtype"):
+      if key in fields and key not in spec and run[key] is not None:
+        spec[key] = run[key]
+    unknown = sorted(set(spec) - set(fields) - {"kind", "input"}) if fields else []
+    if unknown:
+      raise configs.ConfigError(
+          f"config.model.towers.{modality} has {unknown}, which the {spec['kind']!r} tower "
+          f"({cls.__name__}) does not take; remove them.")
+    towers[modality] = _frozen(spec)
+  heads = {}
+  for name, spec in (m.get("heads", {}) or {}).items():
+    spec = dict(spec)
+    cls = model_registry.head_class(spec.get("kind"), name)
+    if "dtype" in getattr(cls, "__dataclass_fields__", {}):
+      spec.setdefault("dtype", config.dtype)
+    heads[name] = _frozen(spec)
   distill = config.get("distill") or {}
-  with model_cfg.unlocked():
-    model_cfg.dtype = config.dtype
-    model_cfg.text.pad_id = tok.pad_id
-    model_cfg.teacher_dim = distill.get("projection_dim", 0) or None
-  return two_tower.build(model_cfg, tok.vocab_size, config.data.context_length)
+  cls = model_registry.model_class(m.get("name", "multi_tower"))
+  return cls(towers=_frozen(towers), heads=_frozen(heads), embed_dim=m.embed_dim,
+             temperature_init=m.temperature_init,
+             max_temperature=m.get("max_temperature", 100.0),
+             bias_init=m.get("bias_init", None),
+             pair_scales=tuple(tuple(p) for p in m.get("pair_scales", ()) or ()),
+             dtype=config.dtype, teacher_dim=distill.get("projection_dim", 0) or None)
+
+
+def _frozen(kwargs):
+  """Specs as hashable mappings (lists as tuples), so the model is a static jit argument."""
+  from flax.core import FrozenDict  # pylint: disable=g-import-not-at-top
+  return FrozenDict({k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
 
 
 def example_batch(config, batch_size: int | None = None) -> dict:
-  """Zeros shaped like one training batch: {"image": uint8, "text": int32}."""
+  """Zeros shaped like one training batch (pipeline.batch_spec)."""
   b = batch_size or config.batch_size
-  s = config.data.image_size
-  return {"image": np.zeros((b, s, s, 3), np.uint8),
-          "text": np.zeros((b, config.data.context_length), np.int32)}
+  return {k: np.zeros((b, *shape), dtype)
+          for k, (shape, dtype) in pipeline.batch_spec(config).items()}
 
 
 def param_layout(config, model, mesh: jax.sharding.Mesh):
   """(abstract params, their NamedShardings on `mesh`) of `model` on batches of
   `config`, from the logical-axis rules; nothing is allocated."""
-  ex = example_batch(config, batch_size=1)
-  boxed = jax.eval_shape(model.init, jax.random.key(0), ex["image"], ex["text"])
+  boxed = jax.eval_shape(model.init, jax.random.key(0), example_batch(config, batch_size=1))
   params = state_lib.unbox(boxed)["params"]
   return params, partitioning.param_shardings(nn.get_partition_spec(boxed)["params"],
                                               params, mesh)
@@ -158,7 +227,7 @@ def init_state(config, model, tx, shardings=None) -> state_lib.TrainState:
   ex = example_batch(config, batch_size=1)
 
   def init(rng):
-    return state_lib.create(state_lib.init_params(model, rng, ex["image"], ex["text"]), tx)
+    return state_lib.create(state_lib.init_params(model, rng, ex), tx)
 
   jitted = jax.jit(init) if shardings is None else jax.jit(init, out_shardings=shardings)
   return jitted(jax.random.key(config.seed))
@@ -173,25 +242,32 @@ def abstract_state(config, model, tx, shardings=None):
   return partitioning.with_shardings(abstract, shardings)
 
 
-def train_step(config, model, tx, lr_schedule, loss, mesh: jax.sharding.Mesh,
-               shardings, teacher=None):
-  """The jitted step: state sharded as `shardings`, batch over the batch axes,
-  metrics replicated; the input state is donated (updated in place).
+def freeze_mask(config, model, mesh: jax.sharding.Mesh):
+  """The pytree of bools (True: frozen) of config.optim.freeze over the model's
+  params, or None when nothing is frozen; computed once, for both the
+  optimizer and the step."""
+  if not config.optim.freeze:
+    return None
+  params, _ = param_layout(config, model, mesh)
+  return warm_start.frozen_mask(params, config.optim.freeze)
 
-  teacher: None, or a `mmjax.train.teacher.Teacher`: the step then takes its
-  params as a third argument, `step(state, batch, teacher.params)`, sharded as
-  `teacher.shardings` and never donated, updated or returned.
+
+def train_step(config, model, tx, lr_schedule, loss, mesh: jax.sharding.Mesh,
+               shardings, frozen_mask=None, frozen_models=None):
+  """The jitted step(state, batch, frozen_params): state sharded as
+  `shardings`, batch over the batch axes, metrics replicated; the input
+  state is donated (updated in place).
+
+  frozen_models: {name: (fn(params, batch) -> outputs, params shardings)},
+  e.g. {"teacher": (teacher.outputs, teacher.shardings)}; their params are the
+  step's third argument, never donated, updated or returned.
   """
-  frozen = None
-  if config.optim.freeze:
-    frozen = warm_start.frozen_mask(shardings.params, config.optim.freeze)
+  frozen_models = dict(frozen_models or {})
   step = step_lib.make_train_step(
-      model, tx, loss, lr_schedule, config.optim.grad_accum_steps, frozen=frozen,
-      teacher_outputs=None if teacher is None else teacher.outputs,
-      distill_temperature=None if teacher is None else teacher.temperature)
-  in_shardings = (shardings, partitioning.batch_sharding(mesh))
-  if teacher is not None:
-    in_shardings += (teacher.shardings,)
+      model, tx, loss, lr_schedule, config.optim.grad_accum_steps, freeze_mask=frozen_mask,
+      frozen_models={name: fn for name, (fn, _) in frozen_models.items()})
+  in_shardings = (shardings, partitioning.batch_sharding(mesh),
+                  {name: sh for name, (_, sh) in frozen_models.items()})
   return jax.jit(step,
                  in_shardings=in_shardings,
                  out_shardings=(shardings, partitioning.replicated(mesh)),

@@ -29,8 +29,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-ITEMS = ("state", "data", "config")
-
 
 class IncompatibleCheckpointError(ValueError):
   """A checkpoint whose parameters do not match the model being trained."""

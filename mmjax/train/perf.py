@@ -95,7 +95,7 @@ def _vit_flops(cfg: dict, image_size: int, channels: int = 3) -> float:
 
 def two_tower_train_flops(model, image_size: int, context_length: int,
                           batch_size: int) -> float | None:
-  """Analytic FLOPs of one training step of a ViT + transformer TwoTower.
+  """Analytic FLOPs of one training step of a ViT + transformer image-text model.
 
   Matmuls only (embeddings, blocks, pooling head, projections, the B x B
   similarity), forward x 3: the backward pass computes two products per
@@ -105,8 +105,11 @@ def two_tower_train_flops(model, image_size: int, context_length: int,
   None for image towers other than a ViT, or a text tower whose size the
   model description does not give.
   """
-  image, text = dict(model.image), dict(model.text)
-  if image.get("kind", "vit") != "vit" or "width" not in text or "depth" not in text:
+  towers = dict(model.towers)
+  if set(towers) != {"image", "text"} or getattr(model, "heads", None):
+    return None
+  image, text = dict(towers["image"]), dict(towers["text"])
+  if image.get("kind") != "vit" or "width" not in text or "depth" not in text:
     return None
   per_example = (_vit_flops(image, image_size)
                  + _transformer_flops(context_length, text["width"], text["depth"],

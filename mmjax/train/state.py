@@ -45,7 +45,7 @@ def decay_mask(params) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def optimizer(config, freeze_mask=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with warmup + cosine schedule, global-norm clipping and a decay mask.
 
   Params matching config.optim.freeze (regexes over '/'-joined paths, see
@@ -55,6 +55,10 @@ def optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   tower (LiT) does not shrink the updates of the other by the frozen one's
   gradient norm. With nothing frozen the chain is the plain one, so the
   optimizer state keeps the structure existing checkpoints were saved with.
+
+  freeze_mask: the pytree of bools `warm_start.frozen_mask` gives for the
+  model's params (computed once by the caller, which hands the same mask to
+  the train step); None computes it from the params the optimizer sees.
   """
   o = config.optim
   lr = schedule(o, config.total_steps)
@@ -64,19 +68,19 @@ def optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
   )
   freeze = tuple(o.get("freeze", ()))
   if freeze:
-    labels = lambda params: jax.tree.map(
-        lambda frozen: "frozen" if frozen else "trainable",
-        warm_start.frozen_mask(params, freeze))
+    label = lambda mask: jax.tree.map(lambda f: "frozen" if f else "trainable", mask)
+    labels = (label(freeze_mask) if freeze_mask is not None
+              else lambda params: label(warm_start.frozen_mask(params, freeze)))
     tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, lr
 
 
-def init_params(model: nn.Module, rng: jax.Array, images, tokens):
+def init_params(model: nn.Module, rng: jax.Array, batch):
   """Initialises the model's params (plain arrays, logical-axis boxes removed).
 
-  images: [B, H, W, C], tokens: [B, L] (only their shapes and dtypes matter).
+  batch: {field: [B, ...]} (only shapes and dtypes matter).
   """
-  return unbox(model.init(rng, images, tokens))["params"]
+  return unbox(model.init(rng, batch))["params"]
 
 
 def unbox(variables):
@@ -87,12 +91,6 @@ def unbox(variables):
   """
   return jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x,
                       variables, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-
-
-def logical_specs(model: nn.Module, images, tokens):
-  """The logical axis names of every param, as a pytree of PartitionSpecs."""
-  variables = jax.eval_shape(model.init, jax.random.key(0), images, tokens)
-  return nn.get_partition_spec(variables)["params"]
 
 
 def create(params, tx: optax.GradientTransformation) -> TrainState:

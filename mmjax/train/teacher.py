@@ -16,14 +16,19 @@ argument of the jitted step (an input, not a constant folded into the
 program); inside, `teacher.outputs(teacher_params, batch)` runs on the same
 (micro)batch under `jax.lax.stop_gradient`, and adds
 
-  teacher_zimg [B, D_t], teacher_ztxt [B, D_t]  unit-norm embeddings
-  teacher_logits [B, B]  teacher_zimg @ teacher_ztxt.T / distill.temperature
+  teacher/z/<m> [B, D_t]   its unit-norm embedding of each modality m it has
+  teacher/temperature []   config.distill.temperature
 
-to the outputs the losses read; the student's `logits` become its own
-similarities at the same temperature (`step.distill_logits` explains why not
-the learned scale). The teacher params are not part of the TrainState: no
-gradient, no optimizer state, absent from the student's checkpoints (a resumed
-student reads them again from the teacher's workdir).
+to the outputs the losses read. A term reading `teacher_logits` gets the
+teacher's similarities of its pair at that temperature, and its `logits` are
+the student's at the same temperature (mmjax/losses/terms.py): one fixed
+temperature rather than each model's learned scale, so the KL term matches
+the two models' similarity structure and cannot be lowered by moving the
+student's scale (which the contrastive loss tunes for itself; under the
+sigmoid loss it is not a softmax temperature at all). The teacher params are
+not part of the TrainState: no gradient, no optimizer state, absent from the
+student's checkpoints (a resumed student reads them again from the teacher's
+workdir).
 """
 
 import json
@@ -31,18 +36,17 @@ import os
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import sentencepiece as spm
 
-from mmjax import losses
+from mmjax import configs, losses
 from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.train import build
-from mmjax.train import step as step_lib
 from mmjax.train import warm_start
 
-# The outputs `outputs_fn` adds, and the ones of them that are embeddings.
-OUTPUTS = losses.TEACHER_INPUTS
+# Loss parameters that read the teacher's embeddings / anything of the teacher.
 EMBEDDINGS = ("teacher_zimg", "teacher_ztxt")
 
 
@@ -72,17 +76,18 @@ class Teacher(NamedTuple):
 def outputs_fn(model, temperature: float):
   """Returns the pure `teacher_outputs(teacher_params, batch)` of `model`.
 
-  batch: {"image": [B, H, W, C] uint8, "text": [B, L] int32}, the student's.
-  Returns {"teacher_zimg": [B, D_t], "teacher_ztxt": [B, D_t] float32 unit
-  norm, "teacher_logits": [B, B] float32}, all under stop_gradient: nothing
-  differentiates into the teacher, whatever the caller does with them.
+  batch: the student's, holding the input field of every teacher tower.
+  Returns {"teacher/z/<m>": [B, D_t] float32 unit norm for each of the
+  teacher's modalities, "teacher/temperature": [] float32}, all under
+  stop_gradient: nothing differentiates into the teacher, whatever the caller
+  does with them.
   """
   def teacher_outputs(teacher_params, batch):
     params = jax.lax.stop_gradient(teacher_params)
-    out = model.apply({"params": params}, batch["image"], batch["text"])
-    zimg, ztxt = jax.lax.stop_gradient((out["zimg"], out["ztxt"]))
-    return {"teacher_zimg": zimg, "teacher_ztxt": ztxt,
-            "teacher_logits": step_lib.distill_logits(zimg, ztxt, temperature)}
+    out = model.apply({"params": params}, batch)
+    z = {f"teacher/{k}": jax.lax.stop_gradient(v) for k, v in out.items()
+         if k.startswith("z/")}
+    return {**z, "teacher/temperature": jnp.asarray(temperature, jnp.float32)}
 
   return teacher_outputs
 
@@ -100,7 +105,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         "must be the workdir of an mmjax run, which writes its resolved config there "
         "(not its checkpoints/ folder or a step folder in it).")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(configs.upgrade(json.load(f)))
 
 
 def _data(config, key: str):
@@ -155,7 +160,7 @@ def _pieces(path: str) -> list[str]:
   return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
 
 
-def check_embeddings(config, terms: Mapping[str, float], teacher_config,
+def check_embeddings(config, terms: Mapping[str, losses.Term], teacher_config,
                      workdir: str) -> None:
   """Raises TeacherError when a term compares embeddings across sizes without a map.
 
@@ -170,8 +175,8 @@ def check_embeddings(config, terms: Mapping[str, float], teacher_config,
         f"config.distill.projection_dim={projection} but the teacher {workdir} has "
         f"model.embed_dim={theirs}; the projection maps into the teacher's space: set "
         f"--config.distill.projection_dim={theirs}.")
-  users = [name for name in terms
-           if set(losses.required_inputs(name)) & set(EMBEDDINGS)]
+  users = [t.id for t in terms.values()
+           if set(losses.required_inputs(t.fn)) & set(EMBEDDINGS)]
   if users and not projection and theirs != ours:
     raise TeacherError(
         f"loss term(s) {users} compare this run's embeddings with the teacher's, but "
@@ -180,7 +185,7 @@ def check_embeddings(config, terms: Mapping[str, float], teacher_config,
         f"a linear map into the teacher's space (or --config.model.embed_dim={theirs}).")
 
 
-def load(config, terms: Mapping[str, float], mesh: jax.sharding.Mesh,
+def load(config, terms: Mapping[str, losses.Term], mesh: jax.sharding.Mesh,
          tok: tokenizer_lib.Tokenizer) -> Teacher | None:
   """Reads, checks and places the teacher of config.distill.teacher (None if "").
 
@@ -191,7 +196,7 @@ def load(config, terms: Mapping[str, float], mesh: jax.sharding.Mesh,
   checkpoint's params fit the model its config describes.
 
   Args:
-    config: the student's config; terms: its `{loss: weight}` (build.check).
+    config: the student's config; terms: its loss terms (build.check).
     mesh: the student's mesh; the teacher's params are sharded on it by the
       same logical-axis rules.
     tok: the student's tokenizer (the teacher's model uses its vocabulary).
@@ -229,7 +234,15 @@ def load(config, terms: Mapping[str, float], mesh: jax.sharding.Mesh,
       lambda path, sharding: warm_start.place(
           np.asarray(host[warm_start.path_name(path)]), sharding), shardings)
 
-  used = [n for n in terms if set(losses.required_inputs(n)) & set(OUTPUTS)]
+  used = [t.id for t in terms.values()
+          if any(p.startswith("teacher_") for p in losses.required_inputs(t.fn))]
+  missing = sorted({m for t in terms.values() if t.id in used for m in t.pair}
+                   - set(teacher_config.model.towers))
+  if missing:
+    raise TeacherError(
+        f"loss terms {used} compare with the teacher over modalities {missing}, but the "
+        f"teacher {workdir} has towers {sorted(teacher_config.model.towers)}; choose a "
+        "teacher with those towers, or change the terms' pairs.")
   if jax.process_index() == 0:
     count = sum(int(np.prod(leaf.shape)) for leaf in target.values())
     print(f"teacher: {workdir} step {source.step} ({count:,} params, model.embed_dim="

@@ -268,7 +268,7 @@ def _millions(n: int) -> str:
   return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n:,}"
 
 
-# model.text keys that must equal a pretrained BERT's (as read_config names them).
+# model.towers.text keys that must equal a pretrained BERT's (as read_config names them).
 _BERT_SIZE = ("width", "depth", "num_heads", "mlp_dim", "type_vocab_size", "layer_norm_eps")
 
 
@@ -283,7 +283,7 @@ def pretrained_text(config, params):
   Raises, naming the setting, the path and what was expected:
     FileNotFoundError: the directory or one of its files is missing.
     FileNotFoundError: "minilm" without its package (names the install).
-    ValueError: not a BERT checkpoint (or damaged), model.text.kind is not
+    ValueError: not a BERT checkpoint (or damaged), model.towers.text.kind is not
       "bert", its size differs from the checkpoint's (says what to set), or the
       tokenizer's vocabulary does not match the checkpoint's embeddings.
   """
@@ -291,9 +291,9 @@ def pretrained_text(config, params):
   if not value:
     return params
   what = f"config.init.pretrained_text={value!r}"
-  text = config.model.text
-  if text.get("kind", "transformer") != "bert":
-    raise ValueError(f"{what} needs a BERT text tower: set --config.model.text.kind=bert "
+  text = config.model.towers.get("text", None) or {}
+  if text.get("kind", None) != "bert":
+    raise ValueError(f"{what} needs a BERT text tower: set --config.model.towers.text.kind=bert "
                      "(and the checkpoint's size; see experiments/shapes_lit_minilm.py).")
   root = pretrained.minilm_files().root if value == pretrained.MINILM else value
   try:
@@ -312,9 +312,9 @@ def pretrained_text(config, params):
   ours["mlp_dim"] = ours["mlp_dim"] or 4 * ours["width"]
   if wrong := [k for k in _BERT_SIZE if ours[k] != kwargs[k]]:
     raise ValueError(
-        f"{what}: config.model.text is not the BERT of {root}: "
+        f"{what}: config.model.towers.text is not the BERT of {root}: "
         + ", ".join(f"{k}={ours[k]!r} here, {kwargs[k]!r} there" for k in wrong)
-        + "; set " + " ".join(f"--config.model.text.{k}={kwargs[k]!r}" for k in wrong) + ".")
+        + "; set " + " ".join(f"--config.model.towers.text.{k}={kwargs[k]!r}" for k in wrong) + ".")
 
   target = {n: v for n, v in named_leaves(params).items() if n.startswith("text_tower/")}
   source = named_leaves({"text_tower": loaded})
@@ -329,7 +329,7 @@ def pretrained_text(config, params):
       f"  {n}: in the checkpoint, not in the model" for n in sorted(set(source) - set(target))]
   if problems:
     raise ValueError(f"{what}: {root} does not fit the text tower of "
-                     "config.model.text:\n" + "\n".join(problems))
+                     "config.model.towers.text:\n" + "\n".join(problems))
 
   merged = jax.tree_util.tree_map_with_path(
       lambda p, leaf: (_place_like(np.asarray(source[path_name(p)]), leaf)

@@ -15,8 +15,10 @@ def tiny_config(**overrides):
   c.data.image_size = 16
   c.data.context_length = 24
   c.data.prefetch = 1
-  c.model.image = dict(kind="vit", patch_size=8, width=16, depth=1, num_heads=2, pool="gap")
-  c.model.text = dict(width=16, depth=1, num_heads=2, causal=True, pool="eos")
+  c.model.towers.image = dict(kind="vit", patch_size=8, width=16, depth=1, num_heads=2,
+                             pool="gap")
+  c.model.towers.text = dict(kind="transformer", width=16, depth=1, num_heads=2, causal=True,
+                            pool="eos")
   c.model.embed_dim = 8
   c.optim.warmup_steps = 2
   c.eval.num_images = 20

@@ -32,7 +32,7 @@ tree under "itm_<kind>", beside the towers' params.
 """
 
 import functools
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import flax.linen as nn
 import jax
@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mmjax.eval import evaluator
-from mmjax.eval.pairs import binary_metrics, make_pairs, roc_auc, sample_hard_negatives
-from mmjax.models.fusion import HEADS, NEEDS_TOKENS, make_head
+from mmjax.eval.evaluators import batched, replicated_like
+from mmjax.eval.pairs import binary_metrics, make_pairs, sample_hard_negatives
+from mmjax.models.heads.fusion import NEEDS_TOKENS, make_head
 
 IMAGE_KEYS = ("zimg", "image_tokens")
 TEXT_KEYS = ("ztxt", "text_tokens", "text_mask")
@@ -79,17 +79,31 @@ def load_head(params: Mapping, kind: str):
     have = sorted(k for k in tree if str(k).startswith("itm_")) or "none"
     raise ValueError(
         f"this checkpoint has no ITM head {kind!r} (no {key!r} in its params; ITM "
-        f"heads it has: {have}); train it with mmjax.eval.matching.train_head("
+        f"heads it has: {have}); train it with mmjax.train.matching.train_head("
         f"{kind!r}, model, params, train_data), which returns the params with the head "
         f"under {key!r}.")
   return tree[key]
+
+
+def encode_tokens(model, variables, images=None, tokens=None) -> dict:
+  """The image and text towers' pooled and token outputs (model.features):
+  {"zimg", "image_tokens"} for images and {"ztxt", "text_tokens", "text_mask"}
+  for tokens."""
+  out = {}
+  if images is not None:
+    f = model.apply(variables, images, "image", method=model.features)
+    out.update(zimg=f["z"], image_tokens=f["tokens"])
+  if tokens is not None:
+    f = model.apply(variables, tokens, "text", method=model.features)
+    out.update(ztxt=f["z"], text_tokens=f["tokens"], text_mask=f["mask"])
+  return out
 
 
 @functools.lru_cache(maxsize=8)
 def _encoder(model, side: str, sharding):
   def encode(params, x):
     args = (x, None) if side == "image" else (None, x)
-    return model.apply({"params": params}, *args, method=model.encode_tokens)
+    return encode_tokens(model, {"params": params}, *args)
 
   return jax.jit(encode) if sharding is None else jax.jit(encode, out_shardings=sharding)
 
@@ -100,23 +114,18 @@ def tower_features(model, params, data: Mapping, *, tokens: bool = True,
 
   Returns {"zimg": [N, D], "ztxt": [M, D]} float32 and, with tokens,
   "image_tokens" [N, P, W_img], "text_tokens" [M, L, W_txt] float32 and
-  "text_mask" [M, L] bool (TwoTower.encode_tokens).
+  "text_mask" [M, L] bool (encode_tokens).
   """
   params = tower_params(params)
-  sharding = evaluator.replicated_like(params)
+  sharding = replicated_like(params)
   put = (lambda x: x) if sharding is None else (lambda x: jax.device_put(x, sharding))
   out = {}
-  for side, x in (("image", np.asarray(data["image"])), ("text", np.asarray(data["text"]))):
-    fn, size = _encoder(model, side, sharding), min(batch_size, len(x))
-    chunks = []
-    for start in range(0, len(x), size):  # fixed-size calls, the last one padded
-      chunk = x[start:start + size]
-      padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), 0)])
-      chunks.append({k: np.asarray(v)[:len(chunk)] for k, v in fn(params, put(padded)).items()
-                     if tokens or k in ("zimg", "ztxt")})
-    for k in chunks[0]:
-      v = np.concatenate([c[k] for c in chunks])
-      out[k] = v if v.dtype == bool else v.astype(np.float32)
+  for side in ("image", "text"):
+    fn = _encoder(model, side, sharding)
+    feats = batched(lambda c: {k: v for k, v in fn(params, put(c)).items()
+                               if tokens or k in ("zimg", "ztxt")},
+                    np.asarray(data[side]), batch_size)
+    out.update({k: v if v.dtype == bool else v.astype(np.float32) for k, v in feats.items()})
   return out
 
 
@@ -151,7 +160,7 @@ def train_head(kind: str, model, params, train_data: Mapping, *, steps: int = 10
                features=None) -> dict:
   """Trains ITM head `kind` on train_data (see the module docstring).
 
-  params: the TwoTower's params; lr: Adam's step (default DEFAULT_LR[kind]);
+  params: the model's params; lr: Adam's step (default DEFAULT_LR[kind]);
   head_cfg: attributes of the head (fusion.make_head); top_k, easy_fraction,
   pool: as in make_pairs (with trained towers the batch is the pool);
   features: precomputed `tower_features(model, params, train_data)`, shared
@@ -210,8 +219,7 @@ def _train_with_towers(head, tx, model, towers, data, *, steps, batch_size, seed
   key = jax.random.key(seed)
 
   def loss_fn(params, images, tokens, groups, step_key):
-    out = model.apply({"params": params["towers"]}, images, tokens,
-                      method=model.encode_tokens)
+    out = encode_tokens(model, {"params": params["towers"]}, images, tokens)
     b = len(groups)
     rows = jnp.arange(b)
     sim = jax.lax.stop_gradient(out["zimg"] @ out["ztxt"].T)  # [B, B]; diagonal = positives
@@ -237,7 +245,7 @@ def _train_with_towers(head, tx, model, towers, data, *, steps, batch_size, seed
   rng = np.random.default_rng(seed)
   batch_size = min(batch_size, len(t2i))
   pick = lambda: rng.choice(len(t2i), batch_size, replace=False)
-  shapes = jax.eval_shape(functools.partial(model.apply, method=model.encode_tokens),
+  shapes = jax.eval_shape(functools.partial(encode_tokens, model),
                           {"params": towers}, data["image"][:1], data["text"][:1])
   example = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
   params = {"towers": towers, "head": nn.meta.unbox(head.init(key, example))["params"]}
@@ -255,14 +263,8 @@ def head_logits(kind: str, head_params, features: Mapping, pairs: Mapping, *,
   head = make_head(kind, **dict(head_cfg or {}))
   feats = _head_features(kind, features)
   fn = jax.jit(lambda p, i, t: head.apply({"params": p}, _gather(feats, i, t)))
-  n = len(pairs["label"])
-  size = min(batch_size, n)
-  out = []
-  for start in range(0, n, size):  # fixed-size calls, the last one padded
-    i, t = pairs["image"][start:start + size], pairs["text"][start:start + size]
-    pad = size - len(i)
-    out.append(np.asarray(fn(head_params, np.pad(i, (0, pad)), np.pad(t, (0, pad))))[:len(i)])
-  return np.concatenate(out)
+  index = np.stack([pairs["image"], pairs["text"]], axis=1)
+  return batched(lambda c: fn(head_params, c[:, 0], c[:, 1]), index, batch_size)
 
 
 def evaluate_head(kind: str, model, params, test_data: Mapping, *,
@@ -283,89 +285,3 @@ def evaluate_head(kind: str, model, params, test_data: Mapping, *,
                      _group(test_data), top_k=top_k, seed=seed, easy_fraction=easy_fraction)
   logits = head_logits(kind, head_params, features, pairs, head_cfg=head_cfg)
   return {f"itm/{kind}/{k}": v for k, v in binary_metrics(logits, pairs["label"]).items()}
-
-
-# --- the shapes evaluator ------------------------------------------------------
-
-def _scene_groups(scenes) -> np.ndarray:
-  """Scenes -> ints, equal for scenes with the same captions (shapes.canonical)."""
-  from mmjax.data import shapes  # pylint: disable=g-import-not-at-top
-  ids = {}
-  return np.asarray([ids.setdefault(shapes.canonical(s), len(ids)) for s in scenes])
-
-
-def shapes_train_data(config, tokenizer, num_images: int) -> dict:
-  """Training examples 0 .. num_images-1 of config.seed (the rows of the first
-  `shapes.train_batch`es), with all their captions, tokenized and grouped by
-  scene.
-
-  train_batch keeps one caption per image; the test split has five, and a
-  gallery with five paraphrases per image yields harder negatives than one
-  with one. Keeping every caption makes the train pairs as hard as the test's.
-  """
-  from mmjax.data import shapes  # pylint: disable=g-import-not-at-top
-  examples = [shapes.example(config.seed, "train", i, config.data.image_size)
-              for i in range(num_images)]
-  captions = [c for e in examples for c in e["captions"]]
-  per_image = len(examples[0]["captions"])
-  return {"image": np.stack([e["image"] for e in examples]),
-          "text": tokenizer.encode(captions, config.data.context_length),
-          "text_to_image": np.repeat(np.arange(num_images, dtype=np.int32), per_image),
-          "group": _scene_groups([e["scene"] for e in examples])}
-
-
-def shapes_test_data(config, tokenizer) -> dict:
-  """pipeline.test_data with each image's scene group."""
-  from mmjax.data import pipeline, shapes  # pylint: disable=g-import-not-at-top
-  test = dict(pipeline.test_data(config, tokenizer))
-  split = shapes.test_split(image_size=config.data.image_size, num_images=pipeline.TEST_IMAGES)
-  test["group"] = _scene_groups(split["scenes"][:len(test["image"])])
-  return test
-
-
-def itm_settings(config) -> dict:
-  """ITM_DEFAULTS overridden by config.eval.itm, if the config has it."""
-  settings = dict(ITM_DEFAULTS)
-  overrides = dict(config.eval.get("itm", None) or {})
-  unknown = sorted(set(overrides) - set(ITM_DEFAULTS))
-  if unknown:
-    raise ValueError(f"config.eval.itm has unknown keys {unknown}; known: "
-                     f"{sorted(ITM_DEFAULTS)}.")
-  settings.update(overrides)
-  return settings
-
-
-def run_itm(model, params, tokenizer, config, kinds: Sequence[str] = tuple(HEADS)
-            ) -> dict[str, float]:
-  """Trains each head in `kinds` on frozen towers over the shapes training stream
-  and scores it on the shapes test split.
-
-  Returns the evaluate_head metrics of every kind, plus "itm/contrastive/auc":
-  the ROC AUC of the model's own similarity on the same test pairs, the bar a
-  head has to clear.
-  """
-  s = itm_settings(config)
-  for kind in kinds:
-    head_key(kind)  # fail before any work on an unknown kind
-  tokens = any(kind in NEEDS_TOKENS for kind in kinds)
-  train = shapes_train_data(config, tokenizer, s["num_train"])
-  test = shapes_test_data(config, tokenizer)
-  # Negatives mined over more images are closer to their positives: train
-  # pairs are mined in pools the size of the test split, so the head learns
-  # negatives as hard as those it is scored on.
-  pool = len(test["image"])
-  bs = config.eval.batch_size
-  train_f = tower_features(model, params, train, tokens=tokens, batch_size=bs)
-  test_f = tower_features(model, params, test, tokens=tokens, batch_size=bs)
-
-  pairs = make_pairs(test_f["zimg"], test_f["ztxt"], test["text_to_image"], test["group"],
-                     top_k=s["top_k"], seed=TEST_SEED, easy_fraction=s["easy_fraction"])
-  cosine = np.sum(test_f["zimg"][pairs["image"]] * test_f["ztxt"][pairs["text"]], axis=-1)
-  metrics = {"itm/contrastive/auc": roc_auc(cosine, pairs["label"])}
-  for kind in kinds:
-    trained = train_head(kind, model, params, train, steps=s["steps"],
-                         batch_size=s["batch_size"], seed=config.seed, top_k=s["top_k"],
-                         easy_fraction=s["easy_fraction"], pool=pool, features=train_f)
-    metrics.update(evaluate_head(kind, model, trained, test, top_k=s["top_k"],
-                                 easy_fraction=s["easy_fraction"], features=test_f))
-  return metrics

@@ -3,9 +3,9 @@
 Each head reads the towers' outputs for a batch of (image, caption) pairs and
 returns one logit per pair (> 0: match). `feats` is a dict with
 
-  zimg [B, D], ztxt [B, D]     unit-norm embeddings (TwoTower.encode_image / _text)
+  zimg [B, D], ztxt [B, D]     unit-norm embeddings (z/image, z/text)
   image_tokens [B, P, W_img]   patch tokens before pooling  } cross_attention only
-  text_tokens [B, L, W_txt]    text tokens before pooling   } (TwoTower.encode_tokens)
+  text_tokens [B, L, W_txt]    text tokens before pooling   } (MultiTower.features)
   text_mask [B, L] bool        True on real (non-padding) tokens
 
 The three heads are three answers to "where do the modalities meet":
@@ -188,8 +188,11 @@ HEADS = {"concat_mlp": ConcatMLP, "weighted_sum": WeightedSum,
 NEEDS_TOKENS = ("cross_attention",)
 
 
-def make_head(kind: str, **cfg) -> nn.Module:
-  """The head `kind` (one of HEADS) built with attributes `cfg`."""
+def make_head(kind: str, dtype: str | None = None, **cfg) -> nn.Module:
+  """The head `kind` (one of HEADS) built with attributes `cfg` (and `dtype`,
+  where the head has a compute dtype)."""
   if kind not in HEADS:
     raise ValueError(f"unknown ITM head {kind!r}; choose one of {tuple(HEADS)}.")
+  if dtype is not None and "dtype" in HEADS[kind].__dataclass_fields__:
+    cfg["dtype"] = dtype
   return HEADS[kind](**cfg)

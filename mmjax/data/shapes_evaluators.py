@@ -1,0 +1,189 @@
+"""Evaluators defined on the shapes dataset's scenes (registered in
+mmjax.eval.evaluators.EVALUATORS):
+
+  zeroshot   shape / colour / relation classification from prompts
+  heldout    retrieval on the test images captioned in phrasings training
+             never uses (shapes_heldout.TEMPLATES): generalisation to new
+             sentence frames
+  itm        image-text matching heads trained on frozen towers over the
+             training stream, scored on the test split's mined hard negatives
+
+Each is built from an evaluator Context and called with Encoders.
+"""
+
+from typing import Sequence
+
+import numpy as np
+
+from mmjax.data import shapes, shapes_heldout, shapes_zeroshot
+from mmjax.eval import retrieval
+from mmjax.eval.evaluators import EvaluatorConfigError
+from mmjax.eval.pairs import make_pairs, roc_auc
+from mmjax.models.heads.fusion import HEADS, NEEDS_TOKENS
+
+TEST_IMAGES = 1000  # the shapes test split (pipeline.TEST_IMAGES)
+HELDOUT = "heldout/"
+# Matching's settings; an evaluator entry overrides any of them.
+ITM_DEFAULTS = {"num_train": 2000, "steps": 1000, "batch_size": 256, "top_k": 16,
+                "easy_fraction": 0.0}
+
+
+def _require_shapes(context, name: str) -> None:
+  if context.data_name != "shapes":
+    raise EvaluatorConfigError(
+        f"the {name!r} evaluator is defined on the shapes dataset's scenes, not "
+        f"{context.data_name!r}; remove it from config.eval.evaluators.")
+
+
+def _num_images(context) -> int:
+  n = context.num_images
+  return TEST_IMAGES if n == -1 else min(n, TEST_IMAGES)
+
+
+def _test_split(context) -> dict:
+  return shapes.test_split(image_size=context.image_size, num_images=TEST_IMAGES)
+
+
+class ZeroShot:
+  """Zero-shot shape, colour and relation accuracy (shapes_zeroshot)."""
+
+  modalities = ("image", "text")
+
+  def __init__(self, context):
+    _require_shapes(context, "zeroshot")
+    self.context = context
+
+  def __call__(self, encoders) -> dict[str, float]:
+    c, n = self.context, _num_images(self.context)
+    split = _test_split(c)
+    return shapes_zeroshot.evaluate(
+        lambda x: encoders.encode("image", x), lambda x: encoders.encode("text", x),
+        c.tokenizer, np.asarray(split["image"][:n]), split["scenes"][:n],
+        c.context_length, c.batch_size)
+
+
+def heldout_data(context) -> dict:
+  """The first eval images of the shapes test split with captions in phrasings
+  training never uses (shapes_heldout.heldout_split), tokenized.
+
+  Returns {"image": uint8 [N, S, S, 3], "text": int32 [M, L], "text_to_image":
+  int32 [M], "captions": M str, "truncated": float, the fraction of captions
+  longer than L tokens (cut at L, so the model reads them only in part)}.
+  """
+  split = shapes_heldout.heldout_split(image_size=context.image_size,
+                                       num_images=TEST_IMAGES)
+  n = _num_images(context)
+  keep = split["text_to_image"] < n
+  captions = [c for c, k in zip(split["captions"], keep) if k]
+  tok, length = context.tokenizer, context.context_length
+  longer = tok.encode(captions, length + 8)  # rows with more than L tokens were cut
+  return {"image": np.asarray(split["image"][:n]),
+          "text": tok.encode(captions, length),
+          "text_to_image": np.asarray(split["text_to_image"][keep], np.int32),
+          "captions": captions,
+          "truncated": float(np.mean((longer != tok.pad_id).sum(1) > length))}
+
+
+class HeldOut:
+  """Retrieval on held-out phrasings: retrieval_metrics' keys under "heldout/",
+  plus "heldout/truncated" (see heldout_data)."""
+
+  modalities = ("image", "text")
+
+  def __init__(self, context):
+    _require_shapes(context, "heldout")
+    self.context = context
+    self._data = None
+
+  def __call__(self, encoders) -> dict[str, float]:
+    if self._data is None:
+      self._data = heldout_data(self.context)
+    data = self._data
+    # The test split's images are the retrieval evaluator's: shared encodings.
+    test = self.context.test
+    images = test["image"] if len(test["image"]) == len(data["image"]) else data["image"]
+    metrics = retrieval.retrieval_metrics(encoders.encode("image", images),
+                                          encoders.encode("text", data["text"]),
+                                          data["text_to_image"])
+    out = {HELDOUT + k: v for k, v in metrics.items()}
+    out[HELDOUT + "truncated"] = data["truncated"]
+    return out
+
+
+def scene_groups(scenes) -> np.ndarray:
+  """Scenes -> ints, equal for scenes with the same captions (shapes.canonical)."""
+  ids = {}
+  return np.asarray([ids.setdefault(shapes.canonical(s), len(ids)) for s in scenes])
+
+
+def itm_train_data(context, num_images: int) -> dict:
+  """Training examples 0 .. num_images-1 of the run's seed, with all their
+  captions, tokenized and grouped by scene.
+
+  train_batch keeps one caption per image; the test split has five, and a
+  gallery with five paraphrases per image yields harder negatives than one
+  with one. Keeping every caption makes the train pairs as hard as the test's.
+  """
+  examples = [shapes.example(context.seed, "train", i, context.image_size)
+              for i in range(num_images)]
+  captions = [c for e in examples for c in e["captions"]]
+  per_image = len(examples[0]["captions"])
+  return {"image": np.stack([e["image"] for e in examples]),
+          "text": context.tokenizer.encode(captions, context.context_length),
+          "text_to_image": np.repeat(np.arange(num_images, dtype=np.int32), per_image),
+          "group": scene_groups([e["scene"] for e in examples])}
+
+
+class Matching:
+  """Image-text matching heads trained on the frozen towers (mmjax.train.matching).
+
+  kinds: the fusion heads to train (default all); the other keyword
+  arguments override ITM_DEFAULTS. Writes "itm/<kind>/{accuracy, precision,
+  recall, f1, auc}" and "itm/contrastive/auc", the ROC AUC of the model's own
+  similarity on the same test pairs: the bar a head has to clear.
+  """
+
+  modalities = ("image", "text")
+
+  def __init__(self, context, kinds: Sequence[str] | None = None, **settings):
+    from mmjax.train import matching  # pylint: disable=g-import-not-at-top
+    _require_shapes(context, "itm")
+    unknown = sorted(set(settings) - set(ITM_DEFAULTS))
+    if unknown:
+      raise EvaluatorConfigError(f"the itm evaluator has unknown keys {unknown}; known: "
+                                 f"{sorted(ITM_DEFAULTS)} and kinds.")
+    self.kinds = tuple(kinds or HEADS)
+    for kind in self.kinds:
+      matching.head_key(kind)  # unknown kinds fail here, listing the known ones
+    self.context, self.settings = context, {**ITM_DEFAULTS, **settings}
+
+  def __call__(self, encoders) -> dict[str, float]:
+    from mmjax.train import matching  # pylint: disable=g-import-not-at-top
+    s, c = self.settings, self.context
+    model, params = encoders.model, encoders.params
+    tokens = any(kind in NEEDS_TOKENS for kind in self.kinds)
+    train = itm_train_data(c, s["num_train"])
+    test = dict(c.test)
+    test["group"] = scene_groups(_test_split(c)["scenes"][:len(test["image"])])
+    # Negatives mined over more images are closer to their positives: train
+    # pairs are mined in pools the size of the test split, so the head learns
+    # negatives as hard as those it is scored on.
+    pool = len(test["image"])
+    train_f = matching.tower_features(model, params, train, tokens=tokens,
+                                      batch_size=c.batch_size)
+    test_f = matching.tower_features(model, params, test, tokens=tokens,
+                                     batch_size=c.batch_size)
+    pairs = make_pairs(test_f["zimg"], test_f["ztxt"], test["text_to_image"],
+                                test["group"], top_k=s["top_k"], seed=matching.TEST_SEED,
+                                easy_fraction=s["easy_fraction"])
+    cosine = np.sum(test_f["zimg"][pairs["image"]] * test_f["ztxt"][pairs["text"]], axis=-1)
+    metrics = {"itm/contrastive/auc": roc_auc(cosine, pairs["label"])}
+    for kind in self.kinds:
+      trained = matching.train_head(kind, model, params, train, steps=s["steps"],
+                                    batch_size=s["batch_size"], seed=c.seed,
+                                    top_k=s["top_k"], easy_fraction=s["easy_fraction"],
+                                    pool=pool, features=train_f)
+      metrics.update(matching.evaluate_head(kind, model, trained, test, top_k=s["top_k"],
+                                            easy_fraction=s["easy_fraction"],
+                                            features=test_f))
+    return metrics

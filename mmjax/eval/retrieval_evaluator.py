@@ -1,0 +1,68 @@
+"""Cross-modal retrieval between any two modalities of the test split."""
+
+
+import numpy as np
+
+from mmjax.eval import reports, retrieval
+from mmjax.eval.evaluators import EvaluatorConfigError
+
+# Test-split fields with several rows per image, and the key of their image index.
+GROUPED = {"text": "text_to_image"}
+
+
+def rename(metrics: dict, a: str, b: str) -> dict:
+  """retrieval_metrics' keys for the pair (a, b): image_to_text_* -> <a>_to_<b>_*,
+  text_to_image_* -> <b>_to_<a>_*."""
+  out = {}
+  for key, value in metrics.items():
+    key = key.replace("image_to_text_", f"\0{a}_to_{b}_").replace(
+        "text_to_image_", f"\0{b}_to_{a}_")
+    out[key.lstrip("\0")] = value
+  return out
+
+
+class Retrieval:
+  """Recall@K and ranks between modalities a and b, both ways.
+
+  Writes `<a>_to_<b>_R@1/5/10`, `<b>_to_<a>_R@1/5/10` and both directions'
+  mean and median ranks (mmjax.eval.retrieval.retrieval_metrics), so the
+  (image, text) pair writes the contract's image_to_text_* / text_to_image_*.
+  An item of a matches an item of b when both belong to the same test image
+  (several captions per image, as in COCO; one sketch per image, ...).
+  At most one side may have several rows per image.
+  """
+
+  def __init__(self, context, pair=("image", "text")):
+    if isinstance(pair, str) or len(pair) != 2:
+      raise EvaluatorConfigError(f"retrieval pair={pair!r} must name two modalities.")
+    self.context, self.pair = context, tuple(pair)
+    self.modalities = self.pair
+    fa, fb = (context.inputs.get(m, m) for m in self.pair)
+    if fa in GROUPED and fb in GROUPED:
+      raise EvaluatorConfigError(
+          f"retrieval pair={self.pair}: both {fa!r} and {fb!r} have several rows per "
+          "image; pair at least one per-image modality (e.g. the image).")
+    self.fields = (fa, fb)
+    self.last = None  # (embeddings of a, embeddings of b) of the last call
+
+  def __call__(self, encoders) -> dict[str, float]:
+    test = self.context.test
+    (a, b), (fa, fb) = self.pair, self.fields
+    emb = {a: encoders.encode(a, test[fa]), b: encoders.encode(b, test[fb])}
+    self.last = emb
+    if fa in GROUPED:  # score as (per-image side, grouped side), name as asked
+      a, b, fa, fb = b, a, fb, fa
+    owner = (np.asarray(test[GROUPED[fb]]) if fb in GROUPED
+             else np.arange(len(test[fb]), dtype=np.int32))
+    metrics = retrieval.retrieval_metrics(emb[a], emb[b], owner)
+    return rename(metrics, a, b)
+
+  def report(self, workdir: str) -> list[str]:
+    """Recall curves, a retrieval grid and a PCA plot for the (image, text) pair."""
+    if self.last is None or set(self.fields) != {"image", "text"}:
+      return []
+    test = self.context.test
+    image, text = (self.last[m] for m in self.pair) if self.fields == ("image", "text") \
+        else (self.last[m] for m in self.pair[::-1])
+    captions = self.context.tokenizer.decode(test["text"])
+    return reports.write_all(workdir, test, image, text, captions)

@@ -1,0 +1,1 @@
+"""Released models read into mmjax."""

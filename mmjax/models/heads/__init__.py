@@ -1,0 +1,1 @@
+"""Heads: modules that read the towers' outputs (see mmjax.models.registry.HEADS)."""

@@ -1,0 +1,176 @@
+"""The multi-tower model: one tower per modality, each projected into one
+L2-normalised space, plus optional heads over the towers' outputs.
+
+An image-text CLIP/SigLIP model is `towers = {image: ..., text: ...}`; a third
+modality is a third entry. Parameters live under `<modality>_tower` and
+`<modality>_proj` (so image-text runs keep the parameter paths of earlier
+mmjax versions), the heads under `<name>_head`, and the shared temperature and
+bias under `log_scale` and `bias`.
+
+Outputs of `__call__(batch)`, namespaced so that nothing overwrites another:
+
+  z/<m>          [B, D] float32, unit norm, for every modality m
+  tokens/<m>     [B, T, W] the tower's sequence, for modalities a head reads
+  mask/<m>       [B, T] bool, True on real tokens (towers with a pad_id)
+  scale, bias    [] float32, the learned logit scale and bias (bias 0 without one)
+  scale/<a>/<b>, bias/<a>/<b>   the same, for each pair in pair_scales
+  <head>/<key>   whatever head <head> returns
+  to_teacher     [D, D_t], with teacher_dim (see mmjax/train/teacher.py)
+"""
+
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+from flax.core import FrozenDict
+
+from mmjax.models import layers
+from mmjax.models import registry
+from mmjax.models.layers import logical
+
+# Output namespaces the model writes; a head may not be named like one.
+RESERVED = ("z", "tokens", "mask", "scale", "bias", "teacher", "to_teacher")
+
+
+def l2_normalize(x, eps=1e-6):
+  """x: [..., D] -> float32 [..., D] of unit norm (eps keeps a zero vector finite)."""
+  x = x.astype(jnp.float32)
+  return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+def tower_input(x):
+  """uint8 pixels [0, 255] -> float [-1, 1]; anything else passes unchanged.
+
+  Normalising on the device lets the input pipeline ship uint8: 4x fewer bytes.
+  """
+  if x.dtype == jnp.uint8:
+    x = x.astype(jnp.float32) * (2 / 255) - 1
+  return x
+
+
+def pair_name(pair) -> str:
+  a, b = pair
+  return f"{a}/{b}"
+
+
+class MultiTower(nn.Module):
+  """Towers keyed by modality, their projections, heads, scale and bias.
+
+  Attributes:
+    towers: modality -> tower spec: `kind` (registry.TOWERS name or dotted
+      path), optional `input` (the batch key it reads; default the modality
+      name), the rest the tower's attributes.
+    heads: head name -> spec: `kind` (registry.HEADS or dotted path) and attributes.
+    embed_dim: size D of the shared space.
+    temperature_init: initial logit scale (> 0): CLIP 1/0.07, SigLIP 10;
+      learned as its logarithm, clipped at max_temperature.
+    bias_init: initial logit bias (SigLIP -10); None: no bias, outputs 0.
+    pair_scales: pairs (a, b) that get a scale and bias of their own.
+    dtype: compute dtype of towers and heads; embeddings, scale, bias float32.
+    teacher_dim: None, or the size D_t of a distillation teacher's space: the
+      model then learns `to_teacher` [D, D_t] (for mse_to_teacher).
+  """
+
+  towers: Mapping[str, Mapping[str, Any]]
+  heads: Mapping[str, Mapping[str, Any]] = FrozenDict()
+  embed_dim: int = 512
+  temperature_init: float = 10.0
+  max_temperature: float = 100.0
+  bias_init: float | None = -10.0
+  pair_scales: tuple = ()
+  dtype: str = "float32"
+  teacher_dim: int | None = None
+
+  def setup(self):
+    for modality, spec in self.towers.items():
+      spec = dict(spec)
+      cls = registry.tower_class(spec.pop("kind", None), modality)
+      spec.pop("input", None)
+      setattr(self, f"{modality}_tower", cls(**spec))
+      setattr(self, f"{modality}_proj", nn.Dense(
+          self.embed_dim, use_bias=False, dtype=self.dtype,
+          kernel_init=logical(layers.DEFAULT_KERNEL_INIT, "embed", "joint")))
+    for name, spec in self.heads.items():
+      spec = dict(spec)
+      setattr(self, f"{name}_head", registry.head_class(spec.pop("kind", None), name)(**spec))
+    max_log = math.log(self.max_temperature)
+    scales = {"": self._scale_and_bias("", max_log)}
+    for pair in self.pair_scales:
+      scales[pair_name(pair)] = self._scale_and_bias("_" + "_".join(pair), max_log)
+    self.scales = scales
+    if self.teacher_dim:
+      self.to_teacher = self.param(
+          "to_teacher", logical(layers.DEFAULT_KERNEL_INIT, "joint", None),
+          (self.embed_dim, self.teacher_dim))
+
+  def _scale_and_bias(self, suffix: str, max_log: float):
+    log_scale = self.param(f"log_scale{suffix}", logical(nn.initializers.constant(
+        math.log(self.temperature_init))), ())
+    bias = (self.param(f"bias{suffix}", logical(nn.initializers.constant(self.bias_init)), ())
+            if self.bias_init is not None else jnp.zeros((), jnp.float32))
+    return lambda: (jnp.exp(jnp.minimum(log_scale, max_log)).astype(jnp.float32),
+                    jnp.asarray(bias, jnp.float32))
+
+  def input_key(self, modality: str) -> str:
+    """The batch key modality `modality`'s tower reads."""
+    return self.towers[modality].get("input", modality)
+
+  def token_modalities(self) -> tuple[str, ...]:
+    """Modalities whose token sequences some head reads."""
+    wanted = []
+    for name in self.heads:
+      head = getattr(self, f"{name}_head")
+      reads = getattr(head, "token_modalities", ())
+      wanted += [m for m in (reads() if callable(reads) else reads) if m not in wanted]
+    return tuple(wanted)
+
+  def features(self, x, modality: str, tokens: bool = True) -> dict:
+    """One tower's outputs on x ([B, ...] of its input field).
+
+    Returns {"z": [B, D] unit norm} and, with tokens, "tokens" [B, T, W] and,
+    for a tower with a pad_id reading integer ids, "mask" [B, T] bool.
+    """
+    tower = getattr(self, f"{modality}_tower")
+    proj = getattr(self, f"{modality}_proj")
+    if not tokens:
+      return {"z": l2_normalize(proj(tower(tower_input(x))))}
+    pooled, seq = tower(tower_input(x), return_sequence=True)
+    out = {"z": l2_normalize(proj(pooled)), "tokens": seq}
+    if hasattr(tower, "pad_id") and jnp.issubdtype(x.dtype, jnp.integer):
+      out["mask"] = x != tower.pad_id
+    return out
+
+  def encode(self, x, modality: str):
+    """x: [B, ...] of modality's input field -> [B, D] unit norm."""
+    return self.features(x, modality, tokens=False)["z"]
+
+  def encode_image(self, images):
+    """images: [B, H, W, C] uint8 or float in [-1, 1] -> [B, D] unit norm."""
+    return self.encode(images, "image")
+
+  def encode_text(self, tokens):
+    """tokens: [B, L] int -> [B, D] unit norm."""
+    return self.encode(tokens, "text")
+
+  def __call__(self, batch: Mapping[str, Any]) -> dict:
+    """batch: {input key: [B, ...]} -> the outputs listed in the module docstring."""
+    with_tokens = self.token_modalities()
+    out = {}
+    for modality in self.towers:
+      feats = self.features(batch[self.input_key(modality)], modality,
+                            tokens=modality in with_tokens)
+      out.update({f"{key}/{modality}": value for key, value in feats.items()})
+    for name, scale_and_bias in self.scales.items():
+      suffix = f"/{name}" if name else ""
+      out[f"scale{suffix}"], out[f"bias{suffix}"] = scale_and_bias()
+    if self.teacher_dim:
+      out["to_teacher"] = jnp.asarray(self.to_teacher, jnp.float32)
+    for name in self.heads:
+      result = getattr(self, f"{name}_head")(out)
+      for key, value in result.items():
+        if f"{name}/{key}" in out:
+          raise ValueError(f"head {name!r} writes {name}/{key}, which another part of the "
+                           "model writes already; rename the head in config.model.heads.")
+        out[f"{name}/{key}"] = value
+    return out

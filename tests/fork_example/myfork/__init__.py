@@ -1,0 +1,1 @@
+"""A fork of mmjax living outside it: a tower, a loss and an evaluator."""
