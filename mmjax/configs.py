@@ -110,15 +110,15 @@ def base() -> ml_collections.ConfigDict:
   # Id -> dict(kind=NAME_OR_DOTTED_PATH, every=PERIOD, **kwargs); every: 0 at
   # every eval_every, N every N steps, -1 only at the end (and in python -m
   # mmjax.evaluate), None off. See mmjax/eval/evaluators.py.
-  off = ml_collections.config_dict.placeholder(int)
+  off = lambda: ml_collections.config_dict.placeholder(int)  # one each: not linked
   c.eval.evaluators = ml_collections.ConfigDict({
       "retrieval": ml_collections.ConfigDict(dict(kind="retrieval", every=0,
                                                   pair=("image", "text"))),
       # shapes only: zero-shot prompts, image-text matching heads, and
       # retrieval on captions in phrasings training never uses.
-      "zeroshot": ml_collections.ConfigDict(dict(kind="zeroshot", every=off)),
-      "itm": ml_collections.ConfigDict(dict(kind="itm", every=off)),
-      "heldout": ml_collections.ConfigDict(dict(kind="heldout", every=off))})
+      "zeroshot": ml_collections.ConfigDict(dict(kind="zeroshot", every=off())),
+      "itm": ml_collections.ConfigDict(dict(kind="itm", every=off())),
+      "heldout": ml_collections.ConfigDict(dict(kind="heldout", every=off()))})
   c.eval.reports = True       # recall curves, retrieval grid, PCA plot at the end
 
   # Warm start (LiT): before step 0 of a fresh run (not on resume), the params

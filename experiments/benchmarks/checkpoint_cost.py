@@ -49,9 +49,10 @@ def model_config(name):
   config = configs.base()
   config.data.image_size = 224
   config.data.context_length = 64
-  config.model.image = dict(kind="vit", patch_size=16, width=768, depth=12, num_heads=12,
-                            pool="map", stem="patch")
-  config.model.text = dict(width=768, depth=12, num_heads=12, causal=False, pool="first")
+  config.model.towers.image = dict(kind="vit", patch_size=16, width=768, depth=12,
+                                   num_heads=12, pool="map", stem="patch")
+  config.model.towers.text = dict(kind="transformer", width=768, depth=12, num_heads=12,
+                                  causal=False, pool="first")
   config.model.embed_dim = 768
   return config, 32000
 

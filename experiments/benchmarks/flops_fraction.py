@@ -62,17 +62,18 @@ def main():
   batch["image"] = rng.integers(0, 256, batch["image"].shape, dtype=np.uint8)
   batch["text"] = rng.integers(3, tok.vocab_size, batch["text"].shape).astype(np.int32)
   step = jax.jit(step_lib.make_train_step(model, tx, losses.combine(build.check(config)), lr))
-  compiled = step.lower(state, batch).compile()
+  compiled = step.lower(state, batch, {}).compile()
   flops = perf.compiled_flops(compiled)
-  secs = timed(lambda s, b: compiled(s, b)[1], state, batch)
+  secs = timed(lambda s, b: compiled(s, b, {})[1], state, batch)
   print(f"train step: {flops / 1e9:.1f} GFLOP in {secs * 1e3:.0f} ms -> "
         f"flops_fraction {flops / secs / peak:.2f}")
 
   # The kinds of work inside the step, at the default model's shapes.
   b = config.batch_size
-  w = config.model.image.width
-  t_img = (config.data.image_size // config.model.image.patch_size) ** 2
-  heads = config.model.image.num_heads
+  image = config.model.towers.image
+  w = image.width
+  t_img = (config.data.image_size // image.patch_size) ** 2
+  heads = image.num_heads
   x = jnp.ones((b * t_img, w))
   parts = {
       "dense fwd+bwd (tokens x width @ width x 4width)":

@@ -205,7 +205,7 @@ def train_step(config, tok, reps: int, overlapped_steps: int) -> dict:
   with partitioning.activate(mesh):
     spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
             for k, v in build.example_batch(config).items()}
-    compiled = step.lower(state, spec).compile()
+    compiled = step.lower(state, spec, {}).compile()
   compile_s = time.perf_counter() - start
 
   with config.unlocked():
@@ -216,13 +216,13 @@ def train_step(config, tok, reps: int, overlapped_steps: int) -> dict:
     it.close()
   local.pop("bad_records", None)
   batch = multihost.global_batch(local, batch_sharding, config.batch_size)
-  state, metrics = compiled(state, batch)  # warm-up
+  state, metrics = compiled(state, batch, {})  # warm-up
   jax.block_until_ready(metrics)
   times, cpu = [], os.times()
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(reps):
     start = time.perf_counter()
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, batch, {})
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   cpu = [b - a for a, b in zip(cpu, os.times())]
@@ -253,7 +253,7 @@ def train_step(config, tok, reps: int, overlapped_steps: int) -> dict:
         local = next(it)
         local.pop("bad_records", None)
         state, metrics = compiled(state, multihost.global_batch(
-            local, batch_sharding, config.batch_size))
+            local, batch_sharding, config.batch_size), {})
         float(metrics["train/loss"])
       secs = time.perf_counter() - start
     finally:

@@ -17,17 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.core import FrozenDict
 
 from mmjax import losses
-from mmjax.models import two_tower
+from mmjax.models import multi_tower
 from mmjax.train import perf
 from mmjax.train import state as state_lib
 from mmjax.train import step as step_lib
 
 GLOBAL_BATCH = 32768
 IMAGE = dict(kind="vit", patch_size=16, width=768, depth=12, num_heads=12, pool="map")
-TEXT = dict(vocab_size=32000, context_length=64, width=768, depth=12, num_heads=12,
-            causal=False, pool="first")
+TEXT = dict(kind="transformer", vocab_size=32000, context_length=64, width=768, depth=12,
+            num_heads=12, causal=False, pool="first")
 EMBED = 768
 # name: (devices, peak bf16 dense FLOP/s per device, interconnect bytes/s per device,
 #        one direction)
@@ -45,19 +46,19 @@ def analytic_forward_flops(tower, tokens):
 
 
 def main():
-  model = two_tower.TwoTower(image=IMAGE, text=TEXT, embed_dim=EMBED)
+  model = multi_tower.MultiTower(
+      towers=FrozenDict(image=FrozenDict(IMAGE), text=FrozenDict(TEXT)), embed_dim=EMBED)
   b = 2
-  images = jnp.zeros((b, 224, 224, 3), jnp.uint8)
-  tokens = jnp.ones((b, 64), jnp.int32)
-  params = jax.eval_shape(lambda: state_lib.init_params(model, jax.random.key(0),
-                                                        images, tokens))
+  batch = {"image": jnp.zeros((b, 224, 224, 3), jnp.uint8),
+           "text": jnp.ones((b, 64), jnp.int32)}
+  params = jax.eval_shape(lambda: state_lib.init_params(model, jax.random.key(0), batch))
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
   tx = optax.adamw(1e-3)
   state = jax.eval_shape(lambda: state_lib.create(
-      state_lib.init_params(model, jax.random.key(0), images, tokens), tx))
+      state_lib.init_params(model, jax.random.key(0), batch), tx))
   step = step_lib.make_train_step(model, tx, losses.combine({"sigmoid_contrastive": 1.0}),
                                   lambda s: 1e-3)
-  compiled = jax.jit(step).lower(state, {"image": images, "text": tokens}).compile()
+  compiled = jax.jit(step).lower(state, batch, {}).compile()
   xla_per_example = perf.compiled_flops(compiled) / b
   analytic = 3 * (analytic_forward_flops(IMAGE, 196) + analytic_forward_flops(TEXT, 64))
   # The B x B similarity (forward + two backward matmuls) grows with the batch.

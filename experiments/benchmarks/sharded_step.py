@@ -39,11 +39,11 @@ local = {"image": rng.integers(0, 256, ex["image"].shape, dtype=np.uint8),
          "text": rng.integers(3, tok.vocab_size, ex["text"].shape).astype(np.int32)}
 batch = multihost.global_batch(local, partitioning.batch_sharding(mesh), config.batch_size)
 with partitioning.activate(mesh):
-  compiled = step.lower(state, batch).compile()
+  compiled = step.lower(state, batch, {}).compile()
 times = []
 for i in range(13):
   t = time.perf_counter()
-  state, m = compiled(state, batch)
+  state, m = compiled(state, batch, {})
   jax.block_until_ready(m)
   if i >= 3:
     times.append(time.perf_counter() - t)

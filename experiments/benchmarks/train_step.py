@@ -34,9 +34,10 @@ import time
 import jax
 import numpy as np
 import optax
+from flax.core import FrozenDict
 
 from mmjax import losses
-from mmjax.models import two_tower
+from mmjax.models import multi_tower
 from mmjax.train import perf
 from mmjax.train import state as state_lib
 from mmjax.train import step as step_lib
@@ -67,13 +68,16 @@ def random_batch(spec: dict, batch: int, seed: int = 0) -> dict:
   return {"image": images, "text": tokens}
 
 
-def mmjax_model(spec: dict, loss: str) -> two_tower.TwoTower:
-  return two_tower.TwoTower(
-      image=dict(kind="vit", patch_size=spec["patch"], width=spec["width"],
-                 depth=spec["depth"], num_heads=spec["heads"], pool="cls", ln_pre=True),
-      text=dict(vocab_size=spec["vocab"], context_length=spec["context"],
-                width=spec["text_width"], depth=spec["text_depth"],
-                num_heads=spec["text_heads"], causal=True, pool="eos"),
+def mmjax_model(spec: dict, loss: str) -> multi_tower.MultiTower:
+  return multi_tower.MultiTower(
+      towers=FrozenDict(
+          image=FrozenDict(kind="vit", patch_size=spec["patch"], width=spec["width"],
+                           depth=spec["depth"], num_heads=spec["heads"], pool="cls",
+                           ln_pre=True),
+          text=FrozenDict(kind="transformer", vocab_size=spec["vocab"],
+                          context_length=spec["context"], width=spec["text_width"],
+                          depth=spec["text_depth"], num_heads=spec["text_heads"],
+                          causal=True, pool="eos")),
       embed_dim=spec["embed"], temperature_init=10.0,
       bias_init=-10.0 if loss == "sigmoid" else None)
 
@@ -84,19 +88,20 @@ class MmjaxSide:
   def __init__(self, spec: dict, loss: str, batch: dict):
     model = mmjax_model(spec, loss)
     tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY, mask=state_lib.decay_mask)
-    params = state_lib.init_params(model, jax.random.key(0), batch["image"][:1],
-                                   batch["text"][:1])
+    params = state_lib.init_params(model, jax.random.key(0),
+                                   {k: v[:1] for k, v in batch.items()})
     self.num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     self.state = state_lib.create(params, tx)
     step = step_lib.make_train_step(model, tx, losses.combine({LOSSES[loss]: 1.0}),
                                     lambda s: LR)
     self.batch = jax.device_put(batch)
-    self.compiled = jax.jit(step, donate_argnums=0).lower(self.state, self.batch).compile()
+    self.compiled = jax.jit(step, donate_argnums=0).lower(self.state, self.batch,
+                                                          {}).compile()
     self.flops = perf.compiled_flops(self.compiled)
     self.model = model
 
   def step(self) -> float:
-    self.state, metrics = self.compiled(self.state, self.batch)
+    self.state, metrics = self.compiled(self.state, self.batch, {})
     return float(metrics["train/loss"])  # waits for the step
 
 
