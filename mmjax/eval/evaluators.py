@@ -266,7 +266,8 @@ def format_results(result: dict) -> str:
   metric on a line."""
   from mmjax.eval import retrieval  # pylint: disable=g-import-not-at-top
   lines, tabled = [], set()
-  for key in sorted(result):
+  # Unprefixed tables (the contract's (image, text) first) before prefixed ones.
+  for key in sorted(result, key=lambda k: ("/" in k, not k.startswith("image_to_text"), k)):
     if not key.endswith("_R@1") or "_to_" not in key:
       continue
     prefix, rest = key[:key.rfind("/") + 1], key[key.rfind("/") + 1:-len("_R@1")]

@@ -15,9 +15,11 @@ def rename(metrics: dict, a: str, b: str) -> dict:
   text_to_image_* -> <b>_to_<a>_*."""
   out = {}
   for key, value in metrics.items():
-    key = key.replace("image_to_text_", f"\0{a}_to_{b}_").replace(
-        "text_to_image_", f"\0{b}_to_{a}_")
-    out[key.lstrip("\0")] = value
+    for old, new in (("image_to_text_", f"{a}_to_{b}_"), ("text_to_image_", f"{b}_to_{a}_")):
+      if key.startswith(old):  # by prefix: a new name may contain an old one
+        key = new + key[len(old):]
+        break
+    out[key] = value
   return out
 
 

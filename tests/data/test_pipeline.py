@@ -7,12 +7,15 @@ end-to-end tests cover the files.
 
 import io
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from mmjax.data import image_text
 from mmjax.data import pipeline
+from mmjax.data import shapes
+from mmjax.data import shapes_views
 from mmjax.data import tokenizer as tokenizer_lib
 from tests.train.conftest import tiny_config
 
@@ -155,3 +158,96 @@ def test_missing_data_dir_prints_the_prepare_command(tmp_path):
     pipeline.check_data_config(config.data)
   with pytest.raises(ValueError, match="--config.data.data_dir"):
     pipeline.check_data_config(_config(**{"data.data_dir": None}).data)
+
+
+# --- extra fields (config.data.fields) ---------------------------------------
+
+FIELDS = ("sketch", "scene_id")
+
+
+def _shapes_config(fields=(), **overrides):
+  return tiny_config(**{"batch_size": 6, "data.fields": fields, **overrides})
+
+
+def test_shapes_batch_with_fields_adds_them_and_keeps_image_and_text(tok):
+  config = _shapes_config(FIELDS)
+  plain = pipeline.ShapesBatch(_shapes_config(), tok, rows=None)(2)
+  batch = pipeline.ShapesBatch(config, tok, rows=None)(2)
+  assert set(plain) == {"image", "text"}  # no fields: the batch as before
+  assert set(batch) == {"image", "text", *FIELDS}
+  np.testing.assert_array_equal(batch["image"], plain["image"])
+  np.testing.assert_array_equal(batch["text"], plain["text"])
+  spec = pipeline.batch_spec(config)
+  assert list(spec) == ["image", "text", *FIELDS]
+  for name, (shape, dtype) in spec.items():
+    assert batch[name].shape == (6, *shape) and batch[name].dtype == dtype, name
+  assert spec["sketch"] == ((16, 16, 1), np.uint8) and spec["scene_id"] == ((), np.int32)
+  # Each row's fields belong to that row's example: train example 2 * 6 + i.
+  scenes = [shapes.example(config.seed, "train", 12 + i, 16)["scene"] for i in range(6)]
+  np.testing.assert_array_equal(batch["scene_id"], shapes_views.scene_ids(scenes))
+  np.testing.assert_array_equal(batch["sketch"], shapes_views.sketch(batch["image"]))
+
+
+def test_fields_of_a_process_are_rows_of_the_global_batch(tok):
+  config = _shapes_config(FIELDS)
+  whole = pipeline.ShapesBatch(config, tok, rows=None)(5)
+  part = pipeline.ShapesBatch(config, tok, rows=[1, 4])(5)
+  assert set(part) == set(whole)
+  for name in whole:
+    np.testing.assert_array_equal(part[name], whole[name][[1, 4]], err_msg=name)
+
+
+def test_train_iterator_carries_the_fields(tok):
+  config = _shapes_config(FIELDS)
+  batch = next(pipeline.train_batches(config, tok, start_step=3))
+  expected = pipeline.ShapesBatch(config, tok, rows=None)(3)
+  for name in ("image", "text", *FIELDS):
+    np.testing.assert_array_equal(batch[name], expected[name], err_msg=name)
+
+
+def test_batch_spec_and_test_fields_without_fields():
+  config = _shapes_config()
+  assert pipeline.batch_spec(config) == {"image": ((16, 16, 3), np.uint8),
+                                         "text": ((24,), np.int32)}
+  assert pipeline.test_fields(config.data) == ("image", "text")
+  assert pipeline.test_fields(_shapes_config(FIELDS).data) == ("image", "text", *FIELDS)
+
+
+def test_eval_split_carries_the_fields_aligned_with_its_images(tok):
+  plain = pipeline.test_data(_shapes_config(**{"eval.num_images": 12}), tok)
+  data = pipeline.test_data(_shapes_config(FIELDS, **{"eval.num_images": 12}), tok)
+  assert set(data) == set(plain) | set(FIELDS)
+  for name in plain:
+    np.testing.assert_array_equal(data[name], plain[name], err_msg=name)
+  assert data["sketch"].shape == (12, 16, 16, 1) and data["sketch"].dtype == np.uint8
+  assert data["scene_id"].shape == (12,) and data["scene_id"].dtype == np.int32
+  split = shapes.test_split(image_size=16)
+  np.testing.assert_array_equal(data["sketch"], shapes_views.sketch(split["image"][:12]))
+  np.testing.assert_array_equal(data["scene_id"],
+                                shapes_views.scene_ids(split["scenes"][:12]))
+
+
+def test_unknown_field_is_rejected_with_the_known_ones():
+  config = _shapes_config(("sketch", "depth"))
+  with pytest.raises(ValueError, match=r"'depth'.*\['scene_id', 'sketch'\].*remove it "
+                                       r"from config.data.fields"):
+    pipeline.check_data_config(config.data)
+  with pytest.raises(ValueError, match="'depth'"):
+    pipeline.batch_spec(config)
+  with pytest.raises(ValueError, match="more than once"):
+    pipeline.check_data_config(_shapes_config(("sketch", "sketch")).data)
+  # A bare string would otherwise read as the fields "s", "k", "e", ...
+  with pytest.raises(ValueError, match="make it a tuple"):
+    pipeline.check_data_config(ml_collections.ConfigDict({"name": "shapes", "fields": "sketch"}))
+
+
+def test_field_on_a_prepared_dataset_is_rejected(records, tok):
+  config = _config(**{"data.fields": ("scene_id",)})
+  for check in (lambda: pipeline.check_data_config(config.data),
+                lambda: pipeline.batch_maker(config, tok),
+                lambda: pipeline.test_data(config, tok)):
+    with pytest.raises(ValueError, match=r"'scene_id'.*'shapes'.*remove it from "
+                                         r"config.data.fields"):
+      check()
+  # Without fields the same dataset is fine.
+  assert "scene_id" not in pipeline.batch_maker(_config(), tok)(0)

@@ -1,14 +1,11 @@
-"""Tests for mmjax/eval/reports.py and suite.py."""
+"""Tests for mmjax/eval/reports.py and the retrieval evaluator's reports."""
 
 import os
 
 import numpy as np
 import pytest
 
-from mmjax.eval import reports
-from mmjax.eval import suite
-
-from tests.train.conftest import tiny_config
+from mmjax.eval import evaluators, reports, retrieval_evaluator
 
 
 def test_recall_curve_counts_ranks():
@@ -46,27 +43,64 @@ def test_write_all_saves_three_images(tmp_path):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_due_follows_each_period():
-  evaluators = {"retrieval": 0, "zeroshot": 4, "itm": -1}
-  assert suite.due(evaluators, 3, 12, eval_every=3) == ["retrieval"]
-  assert suite.due(evaluators, 4, 12, eval_every=3) == ["zeroshot"]
-  assert suite.due(evaluators, 5, 12, eval_every=3) == []
-  assert suite.due(evaluators, 12, 12, eval_every=3) == ["retrieval", "zeroshot", "itm"]
-  assert suite.due({**evaluators, "itm": None}, 12, 12, eval_every=3) == [
-      "retrieval", "zeroshot"]
+class CaptionTokenizer:
+  """decode: one caption per row of token ids."""
+
+  def decode(self, tokens):
+    return [" ".join(f"w{int(t)}" for t in row if t) for row in np.asarray(tokens)]
 
 
-@pytest.mark.parametrize("evaluators, data, pattern", [
-    ({"retrieval": 0, "ocr": 0}, "shapes", r"'ocr'; choose from"),
-    ({"retrieval": -2}, "shapes", r"retrieval=-2.*at the end only"),
-    ({"zeroshot": 0}, "coco", r"'zeroshot' evaluator needs the shapes"),
-])
-def test_check_names_the_problem(evaluators, data, pattern):
-  config = tiny_config(**{"eval.evaluators": evaluators, "data.name": data})
-  with pytest.raises(ValueError, match=pattern):
-    suite.check(config)
+def _retrieval_run(pair):
+  """A Retrieval evaluator over `pair`, called on hand-made embeddings."""
+  rng = np.random.default_rng(2)
+  n, per = 12, 2
+  t2i = np.repeat(np.arange(n), per).astype(np.int32)
+  emb = {"image": rng.normal(size=(n, 4)).astype(np.float32),
+         "sketch": rng.normal(size=(n, 4)).astype(np.float32)}
+  emb["text"] = emb["image"][t2i] + 0.1 * rng.normal(size=(n * per, 4)).astype(np.float32)
+  test = {"image": rng.integers(0, 255, size=(n, 8, 8, 3), dtype=np.uint8),
+          "text": rng.integers(1, 9, size=(n * per, 3)).astype(np.int32),
+          "sketch": rng.integers(0, 255, size=(n, 8, 8, 1), dtype=np.uint8),
+          "text_to_image": t2i}
+  context = evaluators.Context(
+      data_name="shapes", image_size=8, context_length=3, seed=0,
+      inputs={"image": "image", "text": "text", "sketch": "sketch"},
+      fields=("image", "text", "sketch"), batch_size=4, num_images=n,
+      tokenizer=CaptionTokenizer(), load_test=lambda: test)
+
+  class Encoders:
+    def encode(self, modality, x):
+      assert x is test[modality]
+      return emb[modality]
+
+  evaluator = retrieval_evaluator.Retrieval(context, pair=pair)
+  return evaluator, Encoders(), test, emb
 
 
-def test_format_results_lists_every_metric():
-  text = suite.format_results({"zeroshot/shape_top1": 0.5, "step": 3, "itm/x/f1": 0.25})
-  assert text.splitlines() == ["itm/x/f1             0.2500", "zeroshot/shape_top1  0.5000"]
+@pytest.mark.parametrize("pair", [("image", "text"), ("text", "image")])
+def test_retrieval_report_plots_the_image_text_pair(pair, tmp_path, monkeypatch):
+  evaluator, encoders, test, emb = _retrieval_run(pair)
+  assert evaluator.report(str(tmp_path)) == []  # nothing evaluated yet
+  evaluator(encoders)
+  calls = []
+  write_all = reports.write_all
+  monkeypatch.setattr(reports, "write_all", lambda *a: calls.append(a) or write_all(*a))
+  paths = evaluator.report(str(tmp_path))
+  ((workdir, data, image, text, captions),) = calls
+  # Whichever order the pair names them in, the image side is the image side.
+  assert workdir == str(tmp_path) and data is test
+  assert image is emb["image"] and text is emb["text"]
+  assert captions == CaptionTokenizer().decode(test["text"]) and len(captions) == 24
+  assert [os.path.basename(p) for p in paths] == [
+      "recall_curves.png", "retrieval_grid.png", "embeddings_pca.png"]
+  for p in paths:
+    assert os.path.dirname(p) == str(tmp_path)
+    with open(p, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_retrieval_report_skips_other_pairs(tmp_path):
+  evaluator, encoders, _, _ = _retrieval_run(("image", "sketch"))
+  evaluator(encoders)
+  assert evaluator.report(str(tmp_path)) == []
+  assert os.listdir(tmp_path) == []

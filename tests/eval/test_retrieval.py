@@ -230,6 +230,13 @@ def test_format_table():
   assert lines[1].split() == ["image->text", "0.5000", "0.7500", "1.0000", "2.25", "1.5"]
   assert lines[2].split() == ["text->image", "0.2500", "0.5000", "0.8750", "12.00", "3.0"]
   assert len({len(line) for line in lines}) == 1  # aligned columns
+  # Rows named by `labels` (another pair), the numbers unchanged.
+  named = format_table(m, labels=("image->sketch", "sketch->image")).splitlines()
+  assert len(named) == 3
+  assert named[0].split() == lines[0].split()
+  assert named[1].split() == ["image->sketch", *lines[1].split()[1:]]
+  assert named[2].split() == ["sketch->image", *lines[2].split()[1:]]
+  assert len({len(line) for line in named}) == 1
 
 
 @pytest.mark.parametrize("quantised", [False, True])

@@ -1,16 +1,10 @@
 """Tests for mmjax/eval/zeroshot.py: scoring against a brute-force loop, prompt
-ensembling, bad inputs, and the shapes tasks' labels against the captions."""
+ensembling and bad inputs. The shapes dataset's tasks are tested in
+tests/data/test_shapes_zeroshot.py."""
 
-import re
-
-import jax
 import numpy as np
 import pytest
 
-from mmjax import configs
-from mmjax.data import shapes
-from mmjax.data import tokenizer as tokenizer_lib
-from mmjax.eval import zeroshot
 from mmjax.eval.zeroshot import class_embeddings, classify, prompt_embeddings
 
 
@@ -209,123 +203,3 @@ def test_prompt_embedding_errors():
     class_embeddings(encode, tok, ["x"], ["no slot"], 2, 4)
   with pytest.raises(ValueError, match="sequence of strings"):
     class_embeddings(encode, tok, ["x"], "a {}", 2, 4)
-
-
-# --- the shapes tasks ----------------------------------------------------------------
-
-SIZE_OF = {"small": "small", "little": "small", "tiny": "small", "large": "large",
-           "big": "large"}
-DIRECTION = {"left": "left", "right": "right", "above": "above", "over": "above",
-             "below": "below", "under": "below", "beneath": "below"}
-OBJECT = re.compile(rf"\b({'|'.join(SIZE_OF)}) ({'|'.join(shapes.COLOURS)}) "
-                    rf"({'|'.join(shapes.SHAPES)})\b")
-
-
-def read(text):
-  """Caption or prompt -> (objects [(size, colour, shape)] in order, relation of
-  the first named to the second, or None). Independent of the code under test."""
-  objects = [(SIZE_OF[s], c, sh) for s, c, sh in OBJECT.findall(text)]
-  rest = OBJECT.sub("", text).split()
-  if len(objects) == 1:
-    return objects, None
-  (rel,) = [DIRECTION[w] for w in rest if w in DIRECTION]
-  if {"it", "its"} & set(rest):  # "a with b to its right": b is right of a
-    rel = shapes.INVERSE[rel]
-  return objects, rel
-
-
-def fact(objects, rel):
-  """Order-free: "B right of A" is "A left of B"."""
-  if rel in ("right", "below"):
-    return objects[1], shapes.INVERSE[rel], objects[0]
-  return objects[0], rel, objects[1]
-
-
-@pytest.fixture(scope="module")
-def split():
-  return shapes.test_split(image_size=16, num_images=300)
-
-
-def test_shapes_tasks_have_the_stated_classes_and_images(split):
-  tasks = zeroshot.shapes_tasks(split["scenes"])
-  assert {name: len(t.class_names) for name, t in tasks.items()} == {
-      "shape": 6, "colour": 8, "relation": 4}
-  assert tasks["relation"].class_names == ("left", "right", "above", "below")
-  counts = [len(s.objects) for s in split["scenes"]]
-  single = [i for i, k in enumerate(counts) if k == 1]
-  pair = [i for i, k in enumerate(counts) if k == 2]
-  assert tasks["shape"].image_index.tolist() == tasks["colour"].image_index.tolist() == single
-  assert tasks["relation"].image_index.tolist() == pair
-  assert len(single) > 20 and len(pair) > 200
-  for name, task in tasks.items():
-    # Every class occurs, so mean per-class accuracy averages them all.
-    assert set(task.labels.tolist()) == set(range(len(task.class_names))), name
-    assert len(task.labels) == len(task.image_index)
-  assert len(tasks["relation"].image_prompts) == len(pair)
-
-
-def test_shape_and_colour_labels_agree_with_the_captions(split):
-  tasks = zeroshot.shapes_tasks(split["scenes"])
-  for name, where in (("shape", 2), ("colour", 1)):
-    task = tasks[name]
-    for i, label in zip(task.image_index, task.labels):
-      for caption in split["captions"][5 * i:5 * i + 5]:
-        (obj,), _ = read(caption)
-        assert obj[where] == task.class_names[label], (name, caption)
-
-
-def test_relation_labels_and_prompts_agree_with_the_captions(split):
-  task = zeroshot.shapes_tasks(split["scenes"])["relation"]
-  for i, label, candidates in zip(task.image_index, task.labels, task.image_prompts):
-    truth = {fact(*read(c)) for c in split["captions"][5 * i:5 * i + 5]}
-    assert len(truth) == 1  # all paraphrases of one fact
-    objects = [(o.size, o.colour, o.shape) for o in split["scenes"][i].objects]
-    assert truth == {fact(objects, task.class_names[label])}
-    # The true class's prompts state the captions' fact; the others do not.
-    for c, prompts in enumerate(candidates):
-      facts = {fact(*read(p)) for p in prompts}
-      assert (facts == truth) == (c == label), (c, prompts)
-
-
-def test_prompts_use_only_caption_words(split):
-  words = {w for c in shapes.caption_corpus(2000) for w in c.split()}
-  tasks = zeroshot.shapes_tasks(split["scenes"])
-  for name in ("shape", "colour"):
-    for t in tasks[name].templates:
-      for class_name in tasks[name].class_names:
-        assert set(t.format(class_name).split()) <= words, t
-  for candidates in tasks["relation"].image_prompts[:50]:
-    for prompts in candidates:
-      for p in prompts:
-        assert set(p.split()) <= words, p
-
-
-# --- end to end, with a tiny model ----------------------------------------------------
-
-def test_evaluate_shapes_zeroshot_with_a_tiny_model(tmp_path):
-  from mmjax.train import build, state as state_lib
-  c = configs.base()
-  c.data.image_size = 16
-  c.model.image = dict(kind="vit", patch_size=8, width=16, depth=1, num_heads=2,
-                       pool="gap")
-  c.model.text = dict(width=16, depth=1, num_heads=2, causal=True, pool="eos")
-  c.model.embed_dim = 8
-  c.eval.num_images = 60
-  c.eval.batch_size = 64
-  tok = tokenizer_lib.shapes_tokenizer(str(tmp_path))
-  model = build.model(c, tok)
-  ex = build.example_batch(c, batch_size=1)
-  params = state_lib.init_params(model, jax.random.key(0), ex["image"], ex["text"])
-
-  out = zeroshot.evaluate_shapes_zeroshot(model, params, tok, c)
-  assert set(out) == {"zeroshot/shape_top1", "zeroshot/shape_top5",
-                      "zeroshot/shape_mean_per_class", "zeroshot/colour_top1",
-                      "zeroshot/colour_top5", "zeroshot/colour_mean_per_class",
-                      "zeroshot/relation_top1", "zeroshot/relation_mean_per_class"}
-  assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in out.values())
-  assert out["zeroshot/shape_top5"] >= out["zeroshot/shape_top1"]
-  assert zeroshot.evaluate_shapes_zeroshot(model, params, tok, c) == out
-
-  c.data.name = "coco"
-  with pytest.raises(ValueError, match="data.name=shapes"):
-    zeroshot.evaluate_shapes_zeroshot(model, params, tok, c)
