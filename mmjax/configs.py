@@ -5,7 +5,6 @@ Experiments in `experiments/` start from `base()` and change what they need.
 with a message that names the key and the fix, not an hour later inside XLA.
 """
 
-import json
 import math
 import os
 import re
@@ -198,78 +197,6 @@ def vit_b16_on_prepared_data(name: str):
   return c
 
 
-# Keys that may differ between a checkpoint's config and the resuming run's:
-# they change when and how the run reports and where it reads, not what it
-# computes. A key matches if it equals an entry or lies under one.
-RUNTIME_KEYS = ("log_every", "eval_every", "checkpoint_every", "checkpoint", "eval", "profile",
-                "resume", "max_bad_steps", "mesh", "init", "data.num_workers",
-                "data.prefetch", "data.data_dir")
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-  """{"a": {"b": 1}} -> {"a.b": 1}; tuples become lists (as JSON has them)."""
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(flatten(value, name + "."))
-    else:
-      out[name] = list(value) if isinstance(value, tuple) else value
-  return out
-
-
-def diff(saved: dict, current: dict) -> list[str]:
-  """Lines "key: saved -> current" for every non-run-time key that differs.
-
-  A key the saved config lacks is no change when its current value is the
-  `base()` default: it was added to mmjax after that run started, and its
-  default computes what the older code did.
-
-  saved, current: nested dicts (`config.to_dict()` or its JSON round trip).
-  """
-  runtime = lambda k: any(k == r or k.startswith(r + ".") for r in RUNTIME_KEYS)
-  a, b = flatten(upgrade(saved)), flatten(current)
-  defaults = flatten(base().to_dict())
-  missing = object()
-  lines = []
-  for key in sorted(a.keys() | b.keys()):
-    old, new = a.get(key, missing), b.get(key, missing)
-    if runtime(key) or old == new:
-      continue
-    if old is missing and key in defaults and new == defaults[key]:
-      continue
-    show = lambda v: "(absent)" if v is missing else repr(v)
-    lines.append(f"  {key}: {show(old)} -> {show(new)}")
-  return lines
-
-
-def upgrade(saved: dict) -> dict:
-  """A config dict written by an earlier mmjax, in today's layout.
-
-  Before towers were keyed by modality a config had model.image and
-  model.text (text without a kind: the transformer), loss terms as
-  {name: weight} and evaluators as {name: period}. Their parameter paths
-  (image_tower/..., text_tower/...) are unchanged, so such a run resumes,
-  warm-starts or teaches as it is once its config reads in the new layout.
-  """
-  saved = json.loads(json.dumps(saved))  # a deep copy of plain values
-  model = saved.get("model", {})
-  if "towers" not in model and ("image" in model or "text" in model):
-    towers = {}
-    if "image" in model:
-      towers["image"] = {"kind": "vit", **model.pop("image")}
-    if "text" in model:
-      towers["text"] = {"kind": "transformer", **model.pop("text")}
-    model["towers"] = towers
-  evaluators = saved.get("eval", {}).get("evaluators", {})
-  for eid, spec in list(evaluators.items()):
-    if spec is None or isinstance(spec, int):
-      evaluators[eid] = {"kind": eid, "every": spec}
-      if eid == "retrieval":
-        evaluators[eid]["pair"] = ["image", "text"]
-  return saved
-
-
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and the fix."""
 
@@ -420,3 +347,7 @@ def _validate_distill(distill) -> None:
 DEFAULT_EXPERIMENT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     "experiments", "shapes_siglip.py")
+
+
+# How a saved config compares with today's (resume checks, old runs' layout).
+from mmjax.config_changes import RUNTIME_KEYS, diff, flatten, upgrade  # noqa: E402,F401

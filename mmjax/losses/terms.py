@@ -48,6 +48,8 @@ TEACHER_TEMPERATURE = "teacher/temperature"
 _PAIR_ALIASES = {"zimg": "z/{a}", "ztxt": "z/{b}",
                  "teacher_zimg": "teacher/z/{a}", "teacher_ztxt": "teacher/z/{b}"}
 _PAIR_SCALARS = ("scale", "bias")
+# Parameters that read the pair's embeddings, so need a tower for each side.
+_READS_PAIR = ("zimg", "ztxt", "logits", "teacher_zimg", "teacher_ztxt", "teacher_logits")
 
 
 class LossConfigError(ValueError):
@@ -221,8 +223,13 @@ def _missing(term: Term, param: str, outputs: list, batch: list,
   if param in term.inputs:
     return (head + f"reads {param!r} from {term.inputs[param]!r} (its inputs), which no "
             f"model output {outputs} or batch field {batch} provides; {fix}")
-  if param.startswith("teacher_"):
-    return (head + f"reads {param!r}, which needs a teacher: set config.distill.teacher "
+  reads = {p.name for p in _wanted(term)}
+  if param == "logits" and "teacher_logits" in reads:
+    param = ("'logits' (compared with 'teacher_logits' at the teacher's temperature, "
+             f"{TEACHER_TEMPERATURE})")
+  if param.startswith(("teacher_", "'logits'")):
+    shown = param if param.startswith("'") else repr(param)
+    return (head + f"reads {shown}, which needs a teacher: set config.distill.teacher "
             f"to the workdir of a finished run with towers for {term.pair}, or remove the term.")
   if param in ("zimg", "ztxt", "logits", "scale", "bias") and modalities:
     absent = [m for m in (a, b) if m not in modalities]
@@ -245,7 +252,9 @@ def check(terms: Mapping[str, Term], outputs: Iterable[str], batch: Iterable[str
   outputs, batch, modalities = sorted(outputs), sorted(batch), sorted(modalities)
   available = set(outputs) | set(batch)
   for term in terms.values():
-    if modalities:
+    reads_pair = any(p.name in _READS_PAIR and p.name not in term.inputs
+                     for p in _wanted(term))
+    if modalities and reads_pair:
       for m in term.pair:
         if m not in modalities:
           raise LossConfigError(_missing(term, "zimg", outputs, batch, modalities))
@@ -275,6 +284,8 @@ def _call(term: Term, fn: Callable, values: Mapping[str, Array], available: set)
     if source is None:
       if p.default is p.empty:
         raise LossConfigError(_missing(term, p.name, sorted(values), [], []))
+      if p.kind is p.POSITIONAL_ONLY:  # keeps the later positional ones in place
+        args.append(p.default)
       continue
     if p.kind is p.POSITIONAL_ONLY:
       args.append(_fetch(source, values))

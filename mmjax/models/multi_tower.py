@@ -49,6 +49,13 @@ def tower_input(x):
   return x
 
 
+def _with_dtype(cls, spec: dict, dtype: str) -> dict:
+  """spec with the model's compute dtype, where the class takes one and spec sets none."""
+  if "dtype" in getattr(cls, "__dataclass_fields__", {}):
+    spec.setdefault("dtype", dtype)
+  return spec
+
+
 def pair_name(pair) -> str:
   a, b = pair
   return f"{a}/{b}"
@@ -87,13 +94,14 @@ class MultiTower(nn.Module):
       spec = dict(spec)
       cls = registry.tower_class(spec.pop("kind", None), modality)
       spec.pop("input", None)
-      setattr(self, f"{modality}_tower", cls(**spec))
+      setattr(self, f"{modality}_tower", cls(**_with_dtype(cls, spec, self.dtype)))
       setattr(self, f"{modality}_proj", nn.Dense(
           self.embed_dim, use_bias=False, dtype=self.dtype,
           kernel_init=logical(layers.DEFAULT_KERNEL_INIT, "embed", "joint")))
     for name, spec in self.heads.items():
       spec = dict(spec)
-      setattr(self, f"{name}_head", registry.head_class(spec.pop("kind", None), name)(**spec))
+      cls = registry.head_class(spec.pop("kind", None), name)
+      setattr(self, f"{name}_head", cls(**_with_dtype(cls, spec, self.dtype)))
     max_log = math.log(self.max_temperature)
     scales = {"": self._scale_and_bias("", max_log)}
     for pair in self.pair_scales:

@@ -68,6 +68,16 @@ def _check_names(config) -> None:
         raise configs.ConfigError(
             f"config.model.{what}.{name}: names must be identifiers and not one of the "
             f"output namespaces {multi_tower.RESERVED}; rename it.")
+  pairs = [tuple(p) for p in config.model.get("pair_scales", ()) or ()]
+  joined = ["_".join(p) for p in pairs]
+  if len(set(joined)) != len(joined) or len(set(pairs)) != len(pairs):
+    raise configs.ConfigError(
+        f"config.model.pair_scales={pairs} names one pair twice, or two pairs whose "
+        "parameter names (log_scale_<a>_<b>) coincide; list each pair once.")
+  for pair in pairs:
+    if unknown := [m for m in pair if m not in towers]:
+      raise configs.ConfigError(f"config.model.pair_scales has {pair}, but {unknown} has "
+                                f"no tower (towers: {sorted(towers)}).")
   if both := sorted(set(towers) & set(heads)):
     raise configs.ConfigError(f"{both} name both a tower and a head, whose outputs would "
                               "share a namespace; rename the head.")

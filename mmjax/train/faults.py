@@ -14,7 +14,7 @@ import threading
 import jax
 import numpy as np
 
-from mmjax import configs
+from mmjax import config_changes
 
 
 class ConfigChangedError(ValueError):
@@ -60,7 +60,7 @@ def check_free_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
 def check_resume_config(saved: dict, config, where: str) -> None:
   """Raises ConfigChangedError with a diff if `config` differs from the
   checkpoint's `saved` config in anything but run-time settings."""
-  lines = configs.diff(saved, config.to_dict())
+  lines = config_changes.diff(saved, config.to_dict())
   if not lines:
     return
   if config.resume.allow_changes:

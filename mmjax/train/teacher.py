@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 import sentencepiece as spm
 
-from mmjax import configs, losses
+from mmjax import config_changes, losses
 from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.train import build
 from mmjax.train import warm_start
@@ -105,7 +105,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         "must be the workdir of an mmjax run, which writes its resolved config there "
         "(not its checkpoints/ folder or a step folder in it).")
   with open(path) as f:
-    return ml_collections.ConfigDict(configs.upgrade(json.load(f)))
+    return ml_collections.ConfigDict(config_changes.upgrade(json.load(f)))
 
 
 def _data(config, key: str):

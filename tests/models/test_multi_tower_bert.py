@@ -1,4 +1,4 @@
-"""TwoTower's text tower kinds ("transformer", "bert"), the WordPiece tokenizer
+"""MultiTower's text tower kinds ("transformer", "bert"), the WordPiece tokenizer
 selection of build.tokenizer, and the shapes pipeline on WordPiece tokens."""
 
 import importlib.util
@@ -11,12 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.core import FrozenDict
 
-from mmjax import configs
+from mmjax import configs, registry
 from mmjax.data import pipeline, shapes, shapes_heldout
 from mmjax.data.wordpiece import WordPieceTokenizer
-from mmjax.models import bert, pretrained, text, two_tower
+from mmjax.models import bert, multi_tower, pretrained, text
 from mmjax.train import build
+from mmjax.train import matching
 
 from tests.train.conftest import tiny_config
 
@@ -38,14 +40,17 @@ BERT = dict(kind="bert", vocab_size=40, context_length=8, width=16, depth=2, num
 IMAGES = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
 TOKENS = np.array([[1, 5, 6, 2, 0, 0, 0, 0], [1, 7, 2, 0, 0, 0, 0, 0],
                    [1, 9, 9, 9, 9, 9, 2, 0]], np.int32)
+BATCH = {"image": IMAGES, "text": TOKENS}
 
 
-def _two_tower(text_kwargs):
-  return two_tower.TwoTower(image=IMAGE, text=text_kwargs, embed_dim=8)
+def _multi_tower(text_kwargs, image_kwargs=IMAGE):
+  return multi_tower.MultiTower(
+      towers=FrozenDict(image=FrozenDict(image_kwargs), text=FrozenDict(text_kwargs)),
+      embed_dim=8)
 
 
 def _init(model):
-  return nn.meta.unbox(model.init(jax.random.key(0), IMAGES, TOKENS))["params"]
+  return nn.meta.unbox(model.init(jax.random.key(0), BATCH))["params"]
 
 
 def _names(tree):
@@ -53,21 +58,26 @@ def _names(tree):
                 for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0])
 
 
-def test_default_text_tower_is_the_transformer_with_its_params_tree():
-  default = _init(_two_tower(TEXT))
-  explicit = _init(_two_tower({**TEXT, "kind": "transformer"}))
-  # Adding `kind` changes nothing: same tree, same initial values.
-  assert jax.tree.structure(default) == jax.tree.structure(explicit)
+def test_transformer_text_tower_and_old_configs_keep_its_params_tree():
+  explicit = _init(_multi_tower({**TEXT, "kind": "transformer"}))
+  # A config saved before towers had to name their kind (model.text without
+  # one) reads as the transformer: same tree, same initial values.
+  upgraded = configs.upgrade({"model": {"image": IMAGE, "text": TEXT}})["model"]
+  assert "image" not in upgraded and "text" not in upgraded
+  assert upgraded["towers"]["text"] == {"kind": "transformer", **TEXT}
+  assert upgraded["towers"]["image"] == IMAGE
+  old = _init(_multi_tower(upgraded["towers"]["text"], upgraded["towers"]["image"]))
+  assert jax.tree.structure(old) == jax.tree.structure(explicit)
   assert all(np.array_equal(a, b) for a, b in
-             zip(jax.tree.leaves(default), jax.tree.leaves(explicit)))
+             zip(jax.tree.leaves(old), jax.tree.leaves(explicit)))
   # The tree existing checkpoints were saved with (TextTransformer under text_tower).
   alone = nn.meta.unbox(text.TextTransformer(**TEXT).init(jax.random.key(0), TOKENS))
-  assert _names(default["text_tower"]) == _names(alone["params"])
-  assert {"token_embedding", "pos_embedding", "encoder"} == set(default["text_tower"])
+  assert _names(explicit["text_tower"]) == _names(alone["params"])
+  assert {"token_embedding", "pos_embedding", "encoder"} == set(explicit["text_tower"])
 
 
 def test_bert_tower_is_bert_encoder_then_projection():
-  model = _two_tower(BERT)
+  model = _multi_tower(BERT)
   params = _init(model)
   kwargs = {k: v for k, v in BERT.items() if k != "kind"}
   encoder = bert.BertEncoder(**kwargs)
@@ -78,32 +88,41 @@ def test_bert_tower_is_bert_encoder_then_projection():
   want = want / jnp.linalg.norm(want, axis=-1, keepdims=True)
   got = model.apply({"params": params}, TOKENS, method=model.encode_text)
   np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(model.apply({"params": params}, BATCH)["z/text"], got,
+                             atol=1e-5)
   # Padding never reaches the text embedding, as with the transformer tower.
   shorter = TOKENS[:2, :6]  # the first two rows with less padding
   np.testing.assert_allclose(model.apply({"params": params}, shorter,
                                          method=model.encode_text), got[:2], atol=1e-5)
-  out = model.apply({"params": params}, IMAGES, TOKENS, method=model.encode_tokens)
+  out = matching.encode_tokens(model, {"params": params}, IMAGES, TOKENS)
+  assert set(out) == {"zimg", "image_tokens", "ztxt", "text_tokens", "text_mask"}
   assert out["text_tokens"].shape == (3, 8, 16)
   np.testing.assert_array_equal(out["text_mask"], TOKENS != 0)
+  np.testing.assert_allclose(out["ztxt"], got, atol=1e-5)
 
 
 def test_unknown_kind_and_foreign_keys_name_the_fix():
-  with pytest.raises(ValueError, match=r"model.text.kind='gpt'; choose one of \['bert', "
-                                       r"'transformer'\]"):
-    _init(_two_tower({**TEXT, "kind": "gpt"}))
-  with pytest.raises(ValueError, match=r"model.text has \['causal'\], which the 'bert' "
-                                       r"text tower \(BertEncoder\) does not take"):
-    _init(_two_tower({**BERT, "causal": True}))
+  with pytest.raises(registry.UnknownNameError,
+                     match=r"unknown tower kind \(config.model.towers.text.kind\) 'gpt'\. "
+                           r"Registered: \['bert', 'cnn', 'transformer', 'vit'\]"):
+    _init(_multi_tower({**TEXT, "kind": "gpt"}))
+  # build.model checks a tower's keys against its class before anything is traced.
+  config = tiny_config(**{"model.towers.text": {**BERT, "causal": True}})
+  with pytest.raises(configs.ConfigError,
+                     match=r"config.model.towers.text has \['causal'\], which the 'bert' "
+                           r"tower \(BertEncoder\) does not take; remove them"):
+    build.model(config, vocab_size=40, pad_id=0)
 
 
 def test_build_model_makes_a_bert_tower_from_the_config():
-  config = tiny_config(**{"data.tokenizer": "minilm", "model.text": dict(
+  config = tiny_config(**{"data.tokenizer": "minilm", "model.towers.text": dict(
       kind="bert", width=16, depth=1, num_heads=2, mlp_dim=32, pool="first")})
   tok = build.tokenizer(config, "/nonexistent-workdir")  # not written to
   model = build.model(config, tok)
-  assert model.text["kind"] == "bert" and model.text["pool"] == "first"
-  assert model.text["vocab_size"] == 30522 and model.text["pad_id"] == 0
-  assert model.text["context_length"] == config.data.context_length
+  text_spec = model.towers["text"]
+  assert text_spec["kind"] == "bert" and text_spec["pool"] == "first"
+  assert text_spec["vocab_size"] == 30522 and text_spec["pad_id"] == 0
+  assert text_spec["context_length"] == config.data.context_length
 
 
 # ---------------------------------------------------------------------------

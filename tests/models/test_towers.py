@@ -5,8 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.core import FrozenDict
 
-from mmjax.models import cnn, text, two_tower, vit
+from mmjax.models import cnn, multi_tower, text, vit
 
 TEXT = dict(vocab_size=32, context_length=8, width=16, depth=1, num_heads=2)
 
@@ -116,26 +117,38 @@ def test_cnn_tower_downsamples_and_pools():
   assert kernel.shape == (3, 3, 8, 16)
 
 
+def _batch(images, tokens):
+  return {"image": images, "text": tokens}
+
+
 @pytest.fixture(scope="module")
 def tiny_two_tower():
-  model = two_tower.TwoTower(
-      image=dict(kind="vit", patch_size=4, width=16, depth=1, num_heads=2),
-      text=TEXT, embed_dim=8, temperature_init=10.0, bias_init=-10.0)
+  model = multi_tower.MultiTower(
+      towers=FrozenDict(
+          image=FrozenDict(kind="vit", patch_size=4, width=16, depth=1, num_heads=2),
+          text=FrozenDict(kind="transformer", **TEXT)),
+      embed_dim=8, temperature_init=10.0, bias_init=-10.0)
   images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
   tokens = np.array([[5, 6, 2, 0, 0, 0, 0, 0]] * 3, np.int32)
-  params, boxed = _init(model, images, tokens)
+  params, boxed = _init(model, _batch(images, tokens))
   return model, params, boxed, images, tokens
 
 
 def test_two_tower_outputs_unit_norm_embeddings_and_initial_scale_bias(tiny_two_tower):
   model, params, _, images, tokens = tiny_two_tower
-  out = model.apply(params, images, tokens)
-  assert out["zimg"].shape == out["ztxt"].shape == (3, 8)
-  assert out["zimg"].dtype == out["ztxt"].dtype == jnp.float32
-  np.testing.assert_allclose(jnp.linalg.norm(out["zimg"], axis=-1), 1.0, rtol=1e-5)
-  np.testing.assert_allclose(jnp.linalg.norm(out["ztxt"], axis=-1), 1.0, rtol=1e-5)
+  out = model.apply(params, _batch(images, tokens))
+  assert set(out) == {"z/image", "z/text", "scale", "bias"}
+  assert out["z/image"].shape == out["z/text"].shape == (3, 8)
+  assert out["z/image"].dtype == out["z/text"].dtype == jnp.float32
+  np.testing.assert_allclose(jnp.linalg.norm(out["z/image"], axis=-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(out["z/text"], axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(out["scale"], 10.0, rtol=1e-6)
   np.testing.assert_allclose(out["bias"], -10.0)
+  # The encoders give the same embeddings as the full forward pass.
+  np.testing.assert_allclose(model.apply(params, images, method=model.encode_image),
+                             out["z/image"], atol=1e-6)
+  np.testing.assert_allclose(model.apply(params, tokens, "text", method=model.encode),
+                             out["z/text"], atol=1e-6)
 
 
 def test_two_tower_uint8_images_are_normalised_like_float_images(tiny_two_tower):
@@ -147,12 +160,13 @@ def test_two_tower_uint8_images_are_normalised_like_float_images(tiny_two_tower)
 
 
 def test_scale_is_clipped_at_max_temperature():
-  model = two_tower.TwoTower(
-      image=dict(kind="cnn", widths=(8,), blocks_per_stage=1), text=TEXT, embed_dim=8,
-      temperature_init=50.0, max_temperature=20.0, bias_init=None)
+  model = multi_tower.MultiTower(
+      towers=FrozenDict(image=FrozenDict(kind="cnn", widths=(8,), blocks_per_stage=1),
+                        text=FrozenDict(kind="transformer", **TEXT)),
+      embed_dim=8, temperature_init=50.0, max_temperature=20.0, bias_init=None)
   images, tokens = np.zeros((1, 8, 8, 3), np.uint8), np.ones((1, 8), np.int32)
-  params, _ = _init(model, images, tokens)
-  out = model.apply(params, images, tokens)
+  params, _ = _init(model, _batch(images, tokens))
+  out = model.apply(params, _batch(images, tokens))
   np.testing.assert_allclose(out["scale"], 20.0, rtol=1e-6)
   assert "bias" not in params["params"] and float(out["bias"]) == 0.0
 

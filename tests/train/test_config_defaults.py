@@ -1,6 +1,6 @@
 """configs.base(): entries that look alike stay independent."""
 
-from mmjax import configs
+from mmjax import config_changes, configs
 
 
 def test_switching_one_evaluator_on_leaves_the_others_off():
@@ -13,7 +13,7 @@ def test_switching_one_evaluator_on_leaves_the_others_off():
 def test_old_configs_read_in_the_new_layout():
   old = {"model": {"image": {"kind": "cnn", "widths": [8]}, "text": {"width": 16}},
          "eval": {"evaluators": {"retrieval": 0, "itm": None}}}
-  new = configs.upgrade(old)
+  new = config_changes.upgrade(old)
   assert new["model"]["towers"] == {"image": {"kind": "cnn", "widths": [8]},
                                     "text": {"kind": "transformer", "width": 16}}
   assert new["eval"]["evaluators"] == {
