@@ -258,7 +258,8 @@ def check(terms: Mapping[str, Term], outputs: Iterable[str], batch: Iterable[str
       for m in term.pair:
         if m not in modalities:
           raise LossConfigError(_missing(term, "zimg", outputs, batch, modalities))
-    for p in _wanted(term):
+    # A missing teacher is named first: it is why derived logits are missing too.
+    for p in sorted(_wanted(term), key=lambda p: not p.name.startswith("teacher_")):
       if p.default is p.empty and _source(term, p.name, available) is None:
         raise LossConfigError(_missing(term, p.name, outputs, batch, modalities))
 

@@ -131,7 +131,8 @@ class Guard:
     self.bad_run, self.rolled_back = 0, False
 
   def should_roll_back(self, step: int, metrics, last_saved) -> bool:
-    """Updates the count with a step's metrics; True to roll back now.
+    """Updates the count with a step's metrics; True to roll back now (the
+    caller restores the checkpoint and says which step it returned to).
 
     Raises NonFiniteLossError when rolling back is impossible or was tried.
     """
@@ -140,8 +141,6 @@ class Guard:
       return False
     if self.rolled_back or last_saved is None:
       raise NonFiniteLossError(self._message(metrics, step, last_saved))
-    print(f"{self.bad_run} consecutive non-finite steps; rolling back to the last "
-          "checkpoint.", flush=True)
     self.bad_run, self.rolled_back = 0, True
     return True
 

@@ -92,6 +92,8 @@ def train(run: Run) -> dict:
           if guard.should_roll_back(s, ms, saver.last_saved):
             # A step launched after the bad ones is discarded with them.
             state, step = saver.restore()
+            print(f"{config.max_bad_steps} consecutive non-finite steps; rolled back to "
+                  f"the checkpoint of step {step}.", flush=True)
             close_batches()
             batches, close_batches, bad_records = _batches(run, step)
             batch = next(batches)

@@ -85,7 +85,8 @@ def test_build_check_rejects_mesh_batch_and_impl_before_compiling():
     build.check(tiny_config(**{"optim.grad_accum_steps": 2}))
   with pytest.raises(configs.ConfigError, match=r"config.loss.impl='gather'.*'ring'"):
     build.check(tiny_config(**{"loss.impl": "gather"}))  # sigmoid has a ring form only
-  with pytest.raises(configs.ConfigError, match=r"choose one of \('auto', 'naive'"):
+  with pytest.raises(configs.ConfigError, match=r"config.loss.impl='fast'; choose one of "
+                                                r"\['auto', 'gather', 'naive', 'ring'\]"):
     build.check(tiny_config(**{"loss.impl": "fast"}))
   build.check(tiny_config(**{"loss.name": "softmax_contrastive", "loss.impl": "gather"}))
 

@@ -1,7 +1,9 @@
 """Sharded training on 8 simulated devices gives the loss curve of one device.
 
 One compiled step per mesh (module-scoped, cached), driven by a plain loop over
-the same 20 global batches; the reference is a mesh of jax.devices()[:1].
+the same 20 global batches; the reference is a mesh of jax.devices()[:1]. The
+same holds for a three-tower model (image, text, sketch) with loss terms over
+three pairs.
 """
 
 import jax
@@ -10,7 +12,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mmjax.data import pipeline
-from mmjax.eval import evaluator
+from mmjax.eval import evaluators
 from mmjax.parallel import multihost, partitioning
 from mmjax.train import build, checkpoint
 from mmjax.train import state as state_lib
@@ -29,7 +31,8 @@ def _config(mesh=(-1, 1, 1), **overrides):
 
 
 class Run:
-  """A trained state, its mesh and compiled step, and the per-step losses."""
+  """A trained state, its mesh and compiled step, and the per-step losses,
+  gradient norms and (unweighted) loss terms."""
 
   def __init__(self, config, tok, batches, devices=None):
     terms = build.check(config)
@@ -44,15 +47,20 @@ class Run:
     batch_sharding = partitioning.batch_sharding(self.mesh)
     rows = multihost.process_rows(batch_sharding, BATCH)
     with partitioning.activate(self.mesh):
-      self.compiled = step.lower(state, batches[0]).compile()
-    losses = []
+      self.compiled = step.lower(state, batches[0], {}).compile()
+    self.terms = terms
+    history = []
     for global_rows in batches:
       local = {k: v[rows] for k, v in global_rows.items()}
       state, metrics = self.compiled(
-          state, multihost.global_batch(local, batch_sharding, BATCH))
-      losses.append(metrics["train/loss"])
+          state, multihost.global_batch(local, batch_sharding, BATCH), {})
+      history.append(metrics)
+    history = jax.device_get(history)
     self.state = state
-    self.losses = np.asarray(jax.device_get(losses))
+    self.losses = np.asarray([m["train/loss"] for m in history])
+    self.grad_norms = np.asarray([m["train/grad_norm"] for m in history])
+    self.term_losses = {t: np.asarray([m[f"train/loss/{t}"] for m in history])
+                        for t in terms}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +102,7 @@ def test_same_loss_curve_as_one_device(runs, mesh):
   run = runs(mesh)
   assert tuple(run.mesh.shape.values()) == mesh
   np.testing.assert_allclose(run.losses, runs(ONE_DEVICE).losses, rtol=1e-4)
+  np.testing.assert_allclose(run.grad_norms, runs(ONE_DEVICE).grad_norms, rtol=1e-4)
 
 
 def _leaf(tree, *path):
@@ -140,9 +149,11 @@ def test_evaluation_with_sharded_params(runs, tok, mesh):
   params = jax.device_get(ref.state.params)
   sharded = jax.device_put(params, run.shardings.params)
   data = pipeline.test_data(_config(), tok)
-  expected = evaluator.embed(ref.model, params, data, 20)
-  got = evaluator.embed(run.model, sharded, data, 20)
-  for e, g in zip(expected, got):
+  expected = evaluators.Encoders(ref.model, params, 20)
+  got = evaluators.Encoders(run.model, sharded, 20)
+  for modality in ("image", "text"):
+    e, g = expected.encode(modality, data[modality]), got.encode(modality, data[modality])
+    assert e.shape == g.shape == (len(data[modality]), 8)
     np.testing.assert_allclose(g, e, atol=1e-5)
 
 
@@ -198,3 +209,67 @@ def test_no_involuntary_resharding(runs, capfd):
   (e.g. a lookup into a width-sharded embedding table); none may occur."""
   runs((2, 2, 2), steps=1)  # a fresh compile, so XLA's warnings land here
   assert "Involuntary full rematerialization" not in capfd.readouterr().err
+
+
+# A third modality: a sketch tower reading the batch field "sketch", with loss
+# terms over three pairs (one with a scale and bias of its own).
+
+SKETCH_TOWER = dict(kind="cnn", input="sketch", widths=(8, 16), blocks_per_stage=1)
+THREE_TOWER_TERMS = {
+    "sketch_text": dict(fn="sigmoid_contrastive", pair=("sketch", "text"), weight=0.5),
+    "image_sketch": dict(fn="softmax_contrastive", pair=("image", "sketch"), weight=0.5),
+}
+
+
+def _three_tower_config(mesh=(-1, 1, 1)):
+  config = _config(mesh, **{"data.fields": ("sketch",)})
+  config.model.towers.sketch = dict(SKETCH_TOWER)
+  config.model.pair_scales = (("sketch", "text"),)
+  config.loss.terms = {k: dict(v) for k, v in THREE_TOWER_TERMS.items()}
+  return config
+
+
+@pytest.fixture(scope="module")
+def three_tower_runs(tok):
+  """(one-device run, (4, 2, 1) run) of the three-tower model over the same
+  batches, which carry the sketch field."""
+  make = pipeline.batch_maker(_three_tower_config(), tok)
+  batches = [make(s) for s in range(STEPS)]
+  assert batches[0]["sketch"].shape == (BATCH, 16, 16, 1)
+  assert batches[0]["sketch"].dtype == np.uint8
+  ref = Run(_three_tower_config(), tok, batches, jax.devices()[:1])
+  run = Run(_three_tower_config((4, 2, 1)), tok, batches)
+  return ref, run
+
+
+def test_three_towers_train_with_terms_over_three_pairs(three_tower_runs):
+  ref, run = three_tower_runs
+  assert ref.mesh.devices.size == 1 and tuple(run.mesh.shape.values()) == (4, 2, 1)
+  assert set(ref.model.towers) == {"image", "text", "sketch"}
+  assert list(ref.terms)[0] == "sigmoid_contrastive"  # the main term first
+  assert set(ref.terms) == {"sigmoid_contrastive", "sketch_text", "image_sketch"}
+  assert ref.terms["image_sketch"].pair == ("image", "sketch")
+  # Every tower, projection and the pair's own scale and bias are params, and
+  # all of them moved.
+  params = jax.device_get(ref.state.params)
+  assert {"sketch_tower", "sketch_proj", "log_scale_sketch_text", "bias_sketch_text",
+          "image_tower", "text_tower", "log_scale", "bias"} <= set(params)
+  assert params["sketch_proj"]["kernel"].shape == (16, 8)
+  for t in ref.terms:
+    assert np.isfinite(ref.term_losses[t]).all() and (ref.term_losses[t] > 0).all(), t
+  # The total is the weighted sum of the terms.
+  weighted = sum(t.weight * ref.term_losses[tid] for tid, t in ref.terms.items())
+  np.testing.assert_allclose(ref.losses, weighted, rtol=1e-5)
+  assert ref.losses[-5:].mean() < ref.losses[:5].mean()
+
+
+def test_three_towers_same_loss_and_grad_norm_as_one_device(three_tower_runs):
+  ref, run = three_tower_runs
+  np.testing.assert_allclose(run.losses, ref.losses, rtol=1e-4)
+  np.testing.assert_allclose(run.grad_norms, ref.grad_norms, rtol=1e-4)
+  for t in ref.terms:
+    np.testing.assert_allclose(run.term_losses[t], ref.term_losses[t], rtol=1e-4, err_msg=t)
+  # The sharded step runs the terms' cross-device forms (the ring passes
+  # chunks with collective-permute); the one-device step has no collectives.
+  assert "collective-permute" in run.compiled.as_text()
+  assert "collective-permute" not in ref.compiled.as_text()

@@ -1,16 +1,22 @@
-"""Tests for mmjax/train/checkpoint.py and faults.py on small pytrees (no model)."""
+"""Tests for mmjax/train/checkpoint.py and faults.py on small pytrees (no model),
+and for runs saved before towers were keyed by modality (the tiny model)."""
 
+import copy
 import os
 import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from mmjax import configs
+from mmjax.train import build
 from mmjax.train import checkpoint
 from mmjax.train import faults
+from mmjax.train import state as state_lib
+from mmjax.train import warm_start
 
 from tests.train.conftest import tiny_config
 
@@ -132,3 +138,117 @@ def test_unwritable_workdir_fails_at_start(tmp_path):
   blocker.write_text("not a directory")
   with pytest.raises(OSError, match="cannot write to workdir"):
     faults.check_workdir(str(blocker / "run"))
+
+
+# A run saved before towers were keyed by modality: the config.json (and
+# checkpoint config item) that mmjax wrote for tiny_config() with
+# loss.terms = {"mse_alignment": 0.5}. model.image / model.text (the text tower
+# without a kind), evaluators as bare periods, loss terms as {name: weight};
+# no data.fields, loss.pair, model.towers, model.heads, model.name or
+# model.pair_scales.
+OLD_CONFIG = {
+    "batch_size": 8, "checkpoint": {"keep": 2, "keep_every": 0}, "checkpoint_every": 3,
+    "data": {"context_length": 24, "crop_scale": [0.9, 1.0], "data_dir": None,
+             "eval_split": "test", "flip": False, "image_size": 16, "name": "shapes",
+             "num_workers": 0, "prefetch": 1, "tokenizer": "", "train_split": "train",
+             "vocab_size": 256},
+    "distill": {"projection_dim": 0, "teacher": "", "temperature": 0.1},
+    "dtype": "float32",
+    "eval": {"batch_size": 20, "evaluators": {"heldout": None, "itm": None, "retrieval": 0,
+                                              "zeroshot": None},
+             "num_images": 20, "reports": False},
+    "eval_every": 3,
+    "init": {"checkpoint": "", "include": [".*"], "pretrained_text": "", "step": -1},
+    "log_every": 2,
+    "loss": {"impl": "auto", "name": "sigmoid_contrastive", "terms": {"mse_alignment": 0.5},
+             "weight": 1.0},
+    "max_bad_steps": 5,
+    "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
+    "model": {"bias_init": -10.0, "embed_dim": 8,
+              "image": {"depth": 1, "kind": "vit", "num_heads": 2, "patch_size": 8,
+                        "pool": "gap", "width": 16},
+              "max_temperature": 100.0, "remat": False, "temperature_init": 10.0,
+              "text": {"causal": True, "depth": 1, "num_heads": 2, "pool": "eos",
+                       "width": 16}},
+    "optim": {"b1": 0.9, "b2": 0.95, "clip_norm": 1.0, "freeze": [], "grad_accum_steps": 1,
+              "lr": 0.001, "min_lr_ratio": 0.0, "warmup_steps": 2, "weight_decay": 0.0001},
+    "profile": {"num_steps": 5, "start_step": 0},
+    "resume": {"allow_changes": False},
+    "seed": 0,
+    "total_steps": 6,
+}
+# Parameter paths of such a run: unchanged by the redesign.
+OLD_PARAM_PATHS = ("image_tower/encoder/block0/attn/qkv/kernel",
+                   "image_tower/encoder/block0/mlp/fc1/kernel", "image_tower/embedding/kernel",
+                   "text_tower/token_embedding", "text_tower/encoder/block0/mlp/fc1/kernel",
+                   "image_proj/kernel", "text_proj/kernel", "log_scale", "bias")
+
+
+def _same_run_today():
+  """OLD_CONFIG's run as today's config writes it."""
+  config = tiny_config()
+  config.loss.terms = {"mse_alignment": 0.5}
+  return config
+
+
+def test_an_old_format_config_is_the_same_run_after_upgrade():
+  old = copy.deepcopy(OLD_CONFIG)
+  today = _same_run_today()
+  assert configs.diff(old, today.to_dict()) == []
+  assert old == OLD_CONFIG  # upgrade works on a copy
+  upgraded = configs.upgrade(old)
+  assert "image" not in upgraded["model"] and "text" not in upgraded["model"]
+  assert upgraded["model"]["towers"] == {
+      "image": {"kind": "vit", "depth": 1, "num_heads": 2, "patch_size": 8, "pool": "gap",
+                "width": 16},
+      "text": {"kind": "transformer", "causal": True, "depth": 1, "num_heads": 2,
+               "pool": "eos", "width": 16}}
+  # Evaluators are run-time settings (not diffed), so compare them directly.
+  assert configs.flatten(upgraded["eval"]) == configs.flatten(today.to_dict()["eval"])
+  # Every other key is today's, or absent where today's is the base() default.
+  now, then = configs.flatten(today.to_dict()), configs.flatten(upgraded)
+  defaults = configs.flatten(configs.base().to_dict())
+  for key in now.keys() | then.keys():
+    if key in then:
+      assert then[key] == now.get(key), key
+    else:
+      assert key in defaults and now[key] == defaults[key], key
+  # The comparison can fail: a changed tower, or a term given another weight.
+  wider = _same_run_today()
+  wider.model.towers.text.width = 32
+  assert configs.diff(old, wider.to_dict()) == ["  model.towers.text.width: 16 -> 32"]
+  heavier = _same_run_today()
+  heavier.loss.terms = {"mse_alignment": 1.0}
+  assert configs.diff(old, heavier.to_dict()) == ["  loss.terms.mse_alignment: 0.5 -> 1.0"]
+  # The upgraded config checks and builds the loss of today's.
+  assert (build.check(ml_collections.ConfigDict(upgraded))
+          == build.check(today))
+
+
+def test_a_checkpoint_of_an_old_format_run_restores(tmp_path, capsys):
+  """A state saved (with its config item) by the old run's model restores into
+  today's layout of the same run, bitwise, and resuming accepts its config."""
+  old_run = ml_collections.ConfigDict(configs.upgrade(OLD_CONFIG))
+  model = build.model(old_run, vocab_size=256, pad_id=0)
+  tx, _ = state_lib.optimizer(old_run)
+  state = build.init_state(old_run, model, tx)
+  names = warm_start.named_leaves(state.params)
+  assert set(OLD_PARAM_PATHS) <= set(names)
+  assert sorted({n.split("/")[0] for n in names}) == [
+      "bias", "image_proj", "image_tower", "log_scale", "text_proj", "text_tower"]
+  mngr = checkpoint.manager(str(tmp_path))
+  checkpoint.save(mngr, 3, state, {"next_step": 3}, OLD_CONFIG)
+  checkpoint.wait(mngr)
+
+  today = _same_run_today()
+  new_model = build.model(today, vocab_size=256, pad_id=0)
+  new_tx, _ = state_lib.optimizer(today)
+  abstract = build.abstract_state(today, new_model, new_tx)
+  restored = checkpoint.restore_latest(checkpoint.manager(str(tmp_path)), abstract)
+  assert restored.step == 3 and restored.data == {"next_step": 3}
+  assert restored.config == OLD_CONFIG
+  assert jax.tree.structure(restored.state) == jax.tree.structure(state)
+  assert list(warm_start.named_leaves(restored.state.params)) == list(names)
+  jax.tree.map(np.testing.assert_array_equal, restored.state, state)
+  faults.check_resume_config(restored.config, today, str(tmp_path))  # no ConfigChangedError
+  assert capsys.readouterr().out == ""  # and no "changed config" notice

@@ -32,7 +32,8 @@ def test_unknown_loss_lists_the_known_ones():
 
 
 def test_loss_needing_a_teacher_fails_before_compiling():
-  with pytest.raises(ValueError, match="teacher_logits"):
+  with pytest.raises(ValueError, match=r"reads 'teacher_logits', which needs a teacher: "
+                                       r"set config.distill.teacher"):
     build.check(tiny_config(**{"loss.name": "kl_alignment"}))
 
 

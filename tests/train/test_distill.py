@@ -28,8 +28,10 @@ from mmjax.train import teacher as teacher_lib
 from tests.train.conftest import tiny_config
 
 TEACHER_MODEL = {
-    "model.image": dict(kind="vit", patch_size=8, width=32, depth=1, num_heads=2, pool="gap"),
-    "model.text": dict(width=32, depth=1, num_heads=2, causal=True, pool="eos"),
+    "model.towers.image": dict(kind="vit", patch_size=8, width=32, depth=1, num_heads=2,
+                               pool="gap"),
+    "model.towers.text": dict(kind="transformer", width=32, depth=1, num_heads=2, causal=True,
+                              pool="eos"),
     "model.embed_dim": 16,
 }
 KL = {"kl_alignment": 1.0}
@@ -87,21 +89,23 @@ def _setup(config, tok):
   mesh = build.mesh(config)
   model = build.model(config, tok)
   teacher = teacher_lib.load(config, terms, mesh, tok)
-  tx, lr = state_lib.optimizer(config)
+  mask = build.freeze_mask(config, model, mesh)
+  tx, lr = state_lib.optimizer(config, mask)
   shardings = build.state_shardings(config, model, tx, mesh)
 
   def fresh():
     state = build.init_state(config, model, tx, shardings)
     return state.replace(params=warm_start.apply(config, state.params))
 
+  frozen = {} if teacher is None else {"teacher": (teacher.outputs, teacher.shardings)}
+  frozen_params = {} if teacher is None else {"teacher": teacher.params}
   step = build.train_step(config, model, tx, lr, build.loss_fn(config, terms, mesh), mesh,
-                          shardings, teacher)
-  args = () if teacher is None else (teacher.params,)
+                          shardings, frozen_mask=mask, frozen_models=frozen)
   make = pipeline.batch_maker(config, tok)
 
   def run(state, s):
     with partitioning.activate(mesh):
-      return step(state, make(s), *args)
+      return step(state, make(s), frozen_params)
 
   return SimpleNamespace(config=config, terms=terms, mesh=mesh, model=model, tx=tx,
                          teacher=teacher, fresh=fresh, run=run, make=make)
@@ -142,26 +146,27 @@ def test_no_gradient_reaches_the_teacher(sharded):
   """d loss / d teacher params is exactly zero; without stop_gradient it would not be."""
   teacher, model = sharded.teacher, sharded.model
   batch = jax.tree.map(jnp.asarray, sharded.make(0))
-  student = model.apply({"params": sharded.fresh().params}, batch["image"], batch["text"])
+  student = model.apply({"params": sharded.fresh().params}, batch)
   loss_fn = losses.combine(sharded.terms)
 
   def loss_of(teacher_params, outputs_fn):
     t = outputs_fn(teacher_params, batch)
-    logits = step_lib.distill_logits(student["zimg"], student["ztxt"], teacher.temperature)
-    return loss_fn({**student, **t, "logits": logits})[0]
+    return loss_fn({**student, **t}, batch)[0]
 
   grads = jax.jit(jax.grad(loss_of), static_argnums=1)(teacher.params, teacher.outputs)
   assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads))
 
   def unstopped(teacher_params, batch):  # the same outputs, differentiable
-    out = teacher.model.apply({"params": teacher_params}, batch["image"], batch["text"])
-    return {"teacher_zimg": out["zimg"], "teacher_ztxt": out["ztxt"],
-            "teacher_logits": step_lib.distill_logits(out["zimg"], out["ztxt"],
-                                                      teacher.temperature)}
+    out = teacher.model.apply({"params": teacher_params}, batch)
+    return {"teacher/z/image": out["z/image"], "teacher/z/text": out["z/text"],
+            "teacher/temperature": jnp.asarray(teacher.temperature, jnp.float32)}
 
-  np.testing.assert_array_equal(  # same values...
-      jax.jit(teacher.outputs)(teacher.params, batch)["teacher_logits"],
-      jax.jit(unstopped)(teacher.params, batch)["teacher_logits"])
+  stopped = jax.jit(teacher.outputs)(teacher.params, batch)
+  free = jax.jit(unstopped)(teacher.params, batch)
+  assert sorted(stopped) == sorted(free) == [
+      "teacher/temperature", "teacher/z/image", "teacher/z/text"]
+  for key in stopped:  # same values...
+    np.testing.assert_array_equal(stopped[key], free[key], err_msg=key)
   leaked = jax.jit(jax.grad(loss_of), static_argnums=1)(teacher.params, unstopped)
   assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(leaked))  # ...other grads
 
@@ -202,12 +207,11 @@ def test_kl_and_mse_are_zero_when_the_student_is_the_teacher(teacher_dir, tok):
 
   @jax.jit
   def distill_terms(params, teacher_params):
-    out = same.model.apply({"params": params}, batch["image"], batch["text"])
-    logits = step_lib.distill_logits(out["zimg"], out["ztxt"], temperature)
-    own = {"teacher_zimg": out["zimg"], "teacher_ztxt": out["ztxt"], "teacher_logits": logits}
+    out = same.model.apply({"params": params}, batch)
+    own = {"teacher/z/image": out["z/image"], "teacher/z/text": out["z/text"],
+           "teacher/temperature": jnp.asarray(temperature, jnp.float32)}
     teacher = same.teacher.outputs(teacher_params, batch)
-    return (loss_fn({**out, **own, "logits": logits})[1],
-            loss_fn({**out, **teacher, "logits": logits})[1])
+    return loss_fn({**out, **own}, batch)[1], loss_fn({**out, **teacher}, batch)[1]
 
   own, taught = distill_terms(state.params, same.teacher.params)
   assert float(own["kl_alignment"]) == 0.0 and float(own["mse_to_teacher"]) == 0.0
@@ -237,8 +241,8 @@ def test_accumulated_microbatches_see_the_teacher_on_the_same_rows(sharded):
   for k in (1, 2):
     step = jax.jit(step_lib.make_train_step(
         sharded.model, sharded.tx, loss, lambda s: 1e-3, k,
-        teacher_outputs=teacher.outputs, distill_temperature=teacher.temperature))
-    results.append(step(state, batch, teacher.params))
+        frozen_models={"teacher": teacher.outputs}))
+    results.append(step(state, batch, {"teacher": teacher.params}))
   (s1, m1), (s2, m2) = results
   np.testing.assert_allclose(m1["train/loss"], m2["train/loss"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(_host(s1.params)), jax.tree.leaves(_host(s2.params))):
@@ -283,6 +287,21 @@ def test_other_embedding_size_needs_a_projection_for_mse(teacher_dir, tok):
     _load(student_config(teacher_dir, **{"distill.projection_dim": 12}), tok)
   # KL compares similarity matrices, which have the batch's size whatever D is.
   assert _load(student_config(teacher_dir, KL), tok).config.model.embed_dim == 16
+
+
+def test_a_teacher_without_a_tower_a_term_compares_is_refused(teacher_dir, tok):
+  """A three-tower student distilling its sketch-text similarities from an
+  image-text teacher: the teacher has no sketch tower to score them."""
+  terms = {"kl_sketch": dict(fn="kl_alignment", pair=("sketch", "text"))}
+  config = student_config(teacher_dir, terms, **{"data.fields": ("sketch",)})
+  config.model.towers.sketch = dict(kind="cnn", input="sketch", widths=(8,),
+                                    blocks_per_stage=1)
+  assert build.check(config)["kl_sketch"].pair == ("sketch", "text")
+  with pytest.raises(teacher_lib.TeacherError, match=(
+      rf"loss terms \['kl_sketch'\] compare with the teacher over modalities \['sketch'\], "
+      rf"but the teacher {teacher_dir} has towers \['image', 'text'\]; choose a teacher "
+      r"with those towers, or change the terms' pairs")):
+    _load(config, tok)
 
 
 @pytest.mark.parametrize("key,value", [("data.image_size", 32),
@@ -337,16 +356,22 @@ def test_an_unset_teacher_placeholder_validates_but_does_not_train(tok):
   """experiments/shapes_distill.py leaves distill.teacher a placeholder (None):
   the config checks, and evaluation needs no teacher, but training names the key."""
   config = student_config(None, KL)
-  assert build.check(config) == {"sigmoid_contrastive": 1.0, "kl_alignment": 1.0}
+  terms = build.check(config)
+  assert {tid: (t.fn_name, t.weight, t.pair) for tid, t in terms.items()} == {
+      "sigmoid_contrastive": ("sigmoid_contrastive", 1.0, ("image", "text")),
+      "kl_alignment": ("kl_alignment", 1.0, ("image", "text"))}
   with pytest.raises(ValueError, match=r"config.distill.teacher is required by this "
                                        r"experiment"):
     teacher_lib.load(config, build.check(config), build.mesh(config), tok)
 
 
-def test_a_teacher_term_without_a_teacher_names_the_key():
-  with pytest.raises(ValueError, match=r"kl_alignment needs a teacher: set "
-                                       r"config.distill.teacher"):
-    build.check(student_config("", KL))
+@pytest.mark.parametrize("term,reads", [("kl_alignment", "teacher_logits"),
+                                        ("mse_to_teacher", "teacher_zimg")])
+def test_a_teacher_term_without_a_teacher_names_the_key(term, reads):
+  with pytest.raises(losses.LossConfigError, match=(
+      rf"loss term '{term}' \({term}\) reads '{reads}', which needs a teacher: set "
+      r"config.distill.teacher to the workdir of a finished run")):
+    build.check(student_config("", {term: 1.0}))
 
 
 # A distilled run: checkpoints, resume, evaluation.

@@ -99,10 +99,10 @@ class _PoisonedModel:
   def __init__(self, model):
     self._model = model
 
-  def apply(self, variables, images, tokens):
-    out = self._model.apply(variables, images, tokens)
-    black = jnp.all(images == 0)
-    return {**out, "zimg": jnp.where(black, jnp.nan, out["zimg"])}
+  def apply(self, variables, batch):
+    out = self._model.apply(variables, batch)
+    black = jnp.all(batch["image"] == 0)
+    return {**out, "z/image": jnp.where(black, jnp.nan, out["z/image"])}
 
   def __getattr__(self, name):
     return getattr(self._model, name)

@@ -7,7 +7,9 @@ import optax
 import pytest
 
 from mmjax import losses
-from mmjax.models import two_tower
+from flax.core import FrozenDict
+
+from mmjax.models import multi_tower
 from mmjax.train import perf
 from mmjax.train import state as state_lib
 from mmjax.train import step as step_lib
@@ -18,12 +20,20 @@ def _compiled_train_flops(model, image_size, context, batch):
   tokens = jax.ShapeDtypeStruct((batch, context), jax.numpy.int32)
   tx = optax.adamw(1e-3)
   state = jax.eval_shape(lambda: state_lib.create(state_lib.init_params(
-      model, jax.random.key(0), jax.numpy.zeros(images.shape[1:], images.dtype)[None],
-      jax.numpy.ones((1, context), jax.numpy.int32)), tx))
+      model, jax.random.key(0),
+      {"image": jax.numpy.zeros(images.shape[1:], images.dtype)[None],
+       "text": jax.numpy.ones((1, context), jax.numpy.int32)}), tx))
   step = step_lib.make_train_step(model, tx, losses.combine({"sigmoid_contrastive": 1.0}),
                                   lambda s: 1e-3)
-  compiled = jax.jit(step).lower(state, {"image": images, "text": tokens}).compile()
+  compiled = jax.jit(step).lower(state, {"image": images, "text": tokens}, {}).compile()
   return perf.compiled_flops(compiled)
+
+
+def _model(image, text, **kwargs):
+  """An image-text MultiTower: `image` a tower spec, `text` a transformer's attributes."""
+  return multi_tower.MultiTower(
+      towers=FrozenDict(image=FrozenDict(image),
+                        text=FrozenDict(kind="transformer", **text)), **kwargs)
 
 
 @pytest.mark.parametrize("image", [
@@ -31,8 +41,7 @@ def _compiled_train_flops(model, image_size, context, batch):
     dict(kind="vit", patch_size=8, width=64, depth=1, num_heads=2, pool="map", stem="conv"),
 ])
 def test_analytic_flops_agree_with_xla(image):
-  model = two_tower.TwoTower(
-      image=image, text=dict(vocab_size=100, context_length=16, width=64, depth=2,
+  model = _model(image, dict(vocab_size=100, context_length=16, width=64, depth=2,
                              num_heads=2), embed_dim=32)
   analytic = perf.two_tower_train_flops(model, 32, 16, 8)
   xla = _compiled_train_flops(model, 32, 16, 8)
@@ -44,10 +53,9 @@ def test_analytic_flops_agree_with_xla(image):
 
 def test_analytic_flops_scale_with_depth_and_batch():
   def flops(depth, batch):
-    model = two_tower.TwoTower(
-        image=dict(kind="vit", patch_size=8, width=64, depth=depth, num_heads=2),
-        text=dict(vocab_size=100, context_length=16, width=64, depth=1, num_heads=2),
-        embed_dim=32)
+    model = _model(dict(kind="vit", patch_size=8, width=64, depth=depth, num_heads=2),
+                   dict(vocab_size=100, context_length=16, width=64, depth=1, num_heads=2),
+                   embed_dim=32)
     return perf.two_tower_train_flops(model, 32, 16, batch)
 
   one_block = flops(2, 8) - flops(1, 8)
@@ -59,8 +67,23 @@ def test_analytic_flops_scale_with_depth_and_batch():
 
 
 def test_cnn_tower_has_no_analytic_count():
-  model = two_tower.TwoTower(image=dict(kind="cnn"), text=dict(vocab_size=10), embed_dim=8)
+  model = _model(dict(kind="cnn"), dict(vocab_size=10), embed_dim=8)
   assert perf.two_tower_train_flops(model, 32, 16, 8) is None
+
+
+def test_other_tower_sets_and_heads_have_no_analytic_count():
+  """The count covers exactly an image ViT and a text transformer: a third
+  tower or a head (extra matmuls it does not know) gives None, not a wrong number."""
+  image = dict(kind="vit", patch_size=8, width=64, depth=1, num_heads=2)
+  text = dict(vocab_size=100, context_length=16, width=64, depth=1, num_heads=2)
+  assert perf.two_tower_train_flops(_model(image, text, embed_dim=32), 32, 16, 8) > 0
+  third = multi_tower.MultiTower(
+      towers=FrozenDict(image=FrozenDict(image), text=FrozenDict(kind="transformer", **text),
+                        sketch=FrozenDict(kind="cnn", input="sketch")), embed_dim=32)
+  assert perf.two_tower_train_flops(third, 32, 16, 8) is None
+  with_head = _model(image, text, embed_dim=32,
+                     heads=FrozenDict(itm=FrozenDict(kind="itm")))
+  assert perf.two_tower_train_flops(with_head, 32, 16, 8) is None
 
 
 @pytest.mark.parametrize("kind,dtype,expected", [

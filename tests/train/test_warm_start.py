@@ -40,8 +40,7 @@ def model(tok):
 
 def _params(model, seed, config=None):
   ex = build.example_batch(config or tiny_config(), batch_size=1)
-  return jax.jit(lambda rng: state_lib.init_params(model, rng, ex["image"], ex["text"]))(
-      jax.random.key(seed))
+  return jax.jit(lambda rng: state_lib.init_params(model, rng, ex))(jax.random.key(seed))
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +122,7 @@ def test_unmatched_pattern_lists_the_top_level_paths(params):
 
 
 def test_shape_mismatch_lists_every_path_with_both_shapes(tok, params):
-  wider = tiny_config(**{"model.image": dict(
+  wider = tiny_config(**{"model.towers.image": dict(
       kind="vit", patch_size=8, width=32, depth=1, num_heads=2, pool="gap")})
   other = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(
       lambda: _params(build.model(wider, tok), 1, wider)))
@@ -292,24 +291,28 @@ def test_lit_trains_the_text_tower_against_the_locked_image_tower(tok, runs, par
   terms = build.check(config)
   mesh = build.mesh(config)
   model = build.model(config, tok)
-  tx, lr = state_lib.optimizer(config)
+  mask = build.freeze_mask(config, model, mesh)  # one mask for optimizer and step
+  tx, lr = state_lib.optimizer(config, mask)
   shardings = build.state_shardings(config, model, tx, mesh)
   state = build.init_state(config, model, tx, shardings)
   fresh = jax.device_get(state.params)
+  assert warm_start.named_leaves(mask) == warm_start.named_leaves(
+      warm_start.frozen_mask(fresh, IMAGE))
   state = state.replace(params=warm_start.apply(config, state.params))
   assert jax.tree.map(lambda x: x.sharding, state.params) == shardings.params
   step = build.train_step(config, model, tx, lr, build.loss_fn(config, terms, mesh), mesh,
-                          shardings)
+                          shardings, frozen_mask=mask)
   make = pipeline.batch_maker(config, tok)
   with partitioning.activate(mesh):
     for s in range(2):
-      state, metrics = step(state, make(s))
+      state, metrics = step(state, make(s), {})
   assert np.isfinite(float(metrics["train/loss"]))
   # The locked tower's backward pass is not computed at all.
   unlocked = build.train_step(tiny_config(**{"mesh.data": 4, "mesh.fsdp": 2}), model, tx,
                               lr, build.loss_fn(config, terms, mesh), mesh, shardings)
   with partitioning.activate(mesh):
-    flops = [perf.compiled_flops(s.lower(state, make(0)).compile()) for s in (step, unlocked)]
+    flops = [perf.compiled_flops(s.lower(state, make(0), {}).compile())
+             for s in (step, unlocked)]
   assert flops[0] < 0.9 * flops[1], flops
   trained = jax.device_get(state.params)
   for name in ("image_tower", "image_proj"):  # the source run's, bitwise
@@ -353,7 +356,7 @@ def tiny_bert(tmp_path_factory):
 
 
 def _bert_config(path, **overrides):
-  return tiny_config(**{"data.tokenizer": "minilm", "model.text": dict(TINY_BERT),
+  return tiny_config(**{"data.tokenizer": "minilm", "model.towers.text": dict(TINY_BERT),
                         "init.pretrained_text": path, "optim.freeze": ("text_tower/.*",),
                         **overrides})
 
@@ -365,8 +368,7 @@ def _abstract_params(config, vocab_size=None):
          else types.SimpleNamespace(vocab_size=vocab_size, pad_id=0))
   ex = build.example_batch(config, batch_size=1)
   model = build.model(config, tok)
-  return state_lib.unbox(jax.eval_shape(model.init, jax.random.key(0), ex["image"],
-                                        ex["text"]))["params"]
+  return state_lib.unbox(jax.eval_shape(model.init, jax.random.key(0), ex))["params"]
 
 
 def test_pretrained_text_loads_the_converted_weights(tiny_bert, capsys):
@@ -387,7 +389,7 @@ def test_pretrained_text_loads_the_converted_weights(tiny_bert, capsys):
 
 
 def test_pretrained_minilm_fills_the_experiments_text_tower():
-  config = _bert_config("minilm", **{"model.text": dict(
+  config = _bert_config("minilm", **{"model.towers.text": dict(
       kind="bert", width=384, depth=6, num_heads=12, mlp_dim=1536, pool="mean")})
   model = build.model(config, build.tokenizer(config, "/nonexistent-workdir"))
   merged = warm_start.pretrained_text(config, _params(model, 0, config))
@@ -426,18 +428,18 @@ def test_missing_or_foreign_weights_name_the_path(tiny_bert, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,vocab,match", [
-    ({"model.text.width": 32}, None,
-     r"config.model.text is not the BERT of .*: width=32 here, 16 there; set "
-     r"--config.model.text.width=16\."),
-    ({"model.text.depth": 2, "model.text.mlp_dim": None}, None,
-     r"depth=2 here, 1 there, mlp_dim=64 here, 32 there; set --config.model.text.depth=1 "
-     r"--config.model.text.mlp_dim=32\."),
+    ({"model.towers.text.width": 32}, None,
+     r"config.model.towers.text is not the BERT of .*: width=32 here, 16 there; set "
+     r"--config.model.towers.text.width=16\."),
+    ({"model.towers.text.depth": 2, "model.towers.text.mlp_dim": None}, None,
+     r"depth=2 here, 1 there, mlp_dim=64 here, 32 there; set "
+     r"--config.model.towers.text.depth=1 --config.model.towers.text.mlp_dim=32\."),
     ({"data.context_length": 80}, None,
      r"config.data.context_length=80 but .* has position embeddings for 64 tokens"),
     ({"data.tokenizer": "/runs/x/shapes_sp256.model"}, 256,
      r"the tokenizer \(config.data.tokenizer='/runs/x/shapes_sp256.model'\) has 256 ids but "
      r".* embeds 30522; set --config.data.tokenizer"),
-    ({"model.text.pool": "pooler"}, None, r"model.safetensors has no pooler.dense weights; "
+    ({"model.towers.text.pool": "pooler"}, None, r"model.safetensors has no pooler.dense weights; "
                                           r"use pool='mean' or 'first'"),
 ])
 def test_a_text_tower_that_differs_says_what_to_set(tiny_bert, overrides, vocab, match):
@@ -449,7 +451,7 @@ def test_a_text_tower_that_differs_says_what_to_set(tiny_bert, overrides, vocab,
 def test_pretrained_text_config_is_validated():
   configs.validate(_bert_config("/not/read/yet"))  # the path is checked when read
   with pytest.raises(configs.ConfigError, match=r"loads a BERT text tower but "
-                                                r"config.model.text.kind='transformer'"):
+                                                r"config.model.towers.text.kind='transformer'"):
     configs.validate(tiny_config(**{"init.pretrained_text": "minilm",
                                     "data.tokenizer": "minilm"}))
   with pytest.raises(configs.ConfigError, match=r"config.data.tokenizer is empty .* "
@@ -459,7 +461,7 @@ def test_pretrained_text_config_is_validated():
     configs.validate(_bert_config(None))
   config = tiny_config(**{"init.pretrained_text": "minilm"})  # not validated first
   with pytest.raises(ValueError, match="needs a BERT text tower: set "
-                                       "--config.model.text.kind=bert"):
+                                       "--config.model.towers.text.kind=bert"):
     warm_start.pretrained_text(config, {})
 
 
@@ -486,7 +488,7 @@ def test_locked_pretrained_text_tower_is_unchanged_by_training(tiny_bert, tmp_pa
     assert all(changed), name
 
   with config.unlocked():
-    config.eval.evaluators.heldout = -1
+    config.eval.evaluators.heldout.every = -1
   again = evaluate.evaluate_workdir(config, workdir)
   assert again["step"] == 3
   assert again["image_to_text_R@1"] == result["image_to_text_R@1"]
