@@ -33,7 +33,7 @@ setuptools.setup(
         "tokenizers>=0.15",
     ],
     extras_require={
-        "test": ["pytest>=8.0"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
         # Only for experiments/benchmarks/train_step.py (the open_clip side) and
         # the sentence-transformers cross-check of the MiniLM converter. These
         # pins are a torch/torchvision pair that load together on CPU.

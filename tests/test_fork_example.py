@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains the fork in a subprocess
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FORK = ROOT / "tests" / "fork_example"
 

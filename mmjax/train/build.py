@@ -202,10 +202,15 @@ def model(config, tok=None, *, vocab_size: int | None = None, pad_id: int | None
              dtype=config.dtype, teacher_dim=distill.get("projection_dim", 0) or None)
 
 
-def _frozen(kwargs):
-  """Specs as hashable mappings (lists as tuples), so the model is a static jit argument."""
+def _frozen(value):
+  """Specs as hashable values (mappings frozen, lists as tuples, all the way
+  down), so the model is a static jit argument."""
   from flax.core import FrozenDict  # pylint: disable=g-import-not-at-top
-  return FrozenDict({k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+  if hasattr(value, "items"):
+    return FrozenDict({k: _frozen(v) for k, v in value.items()})
+  if isinstance(value, (list, tuple)):
+    return tuple(_frozen(v) for v in value)
+  return value
 
 
 def example_batch(config, batch_size: int | None = None) -> dict:

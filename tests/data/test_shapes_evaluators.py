@@ -140,9 +140,9 @@ def test_heldout_is_a_shapes_evaluator_printed_as_a_table(setup):
   held = {k[len("heldout/"):]: v for k, v in result.items() if k.startswith("heldout/")}
   contract = {k: v for k, v in result.items() if not k.startswith("heldout/")}
   assert text.splitlines() == [
+      *retrieval.format_table(contract).splitlines(),
       "heldout/image <-> text:",
       *retrieval.format_table(held).splitlines(),
-      *retrieval.format_table(contract).splitlines(),
       "heldout/truncated  0.0000"]
   assert "heldout/image_to_text_R@1" not in text and "step" not in text
 

@@ -11,8 +11,11 @@ import pytest
 
 from tests.subprocesses import ROOT, child_env, write_config
 
+pytestmark = pytest.mark.slow  # launches several JAX processes
+
 CONFIG = """
 from tests.train.conftest import tiny_config
+
 def get_config():
   return tiny_config(batch_size=16, total_steps=4, eval_every=4, checkpoint_every=4)
 """

@@ -19,6 +19,8 @@ from mmjax.train import state as state_lib
 
 from tests.train.conftest import tiny_config
 
+pytestmark = pytest.mark.slow  # compiles one train step per mesh
+
 STEPS, BATCH = 20, 16
 MESHES = [(8, 1, 1), (4, 2, 1), (2, 2, 2), (1, 8, 1)]
 ONE_DEVICE = None

@@ -27,6 +27,8 @@ from mmjax.train import teacher as teacher_lib
 
 from tests.train.conftest import tiny_config
 
+pytestmark = pytest.mark.slow  # trains teachers and students
+
 TEACHER_MODEL = {
     "model.towers.image": dict(kind="vit", patch_size=8, width=32, depth=1, num_heads=2,
                                pool="gap"),

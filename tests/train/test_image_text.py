@@ -21,6 +21,8 @@ from mmjax.train import loop
 
 from tests.train.conftest import tiny_config
 
+pytestmark = pytest.mark.slow  # prepares datasets and trains on them end to end
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
            "yellow": (230, 220, 40), "black": (10, 10, 10), "white": (245, 245, 245)}
 N_IMAGES = 48  # eight of each colour; 12 test images, enough for R@10

@@ -20,6 +20,8 @@ from mmjax.train import step as step_lib
 
 from tests.train.conftest import tiny_config
 
+pytestmark = pytest.mark.slow  # runs the training loop end to end
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

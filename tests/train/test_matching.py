@@ -17,6 +17,8 @@ from mmjax.models import multi_tower
 from mmjax.models.heads import fusion
 from mmjax.train import matching
 
+pytestmark = pytest.mark.slow  # trains matching heads
+
 
 def _unit(x):
   x = np.asarray(x, np.float32)

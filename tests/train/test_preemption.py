@@ -23,9 +23,12 @@ from mmjax.train import checkpoint
 
 from tests.subprocesses import ROOT, child_env, write_config
 
+pytestmark = pytest.mark.slow  # kills and restarts training processes
+
 STEPS = 60
 CONFIG = f"""
 from tests.train.conftest import tiny_config
+
 def get_config():
   c = tiny_config(total_steps={STEPS}, log_every=1, eval_every=0, checkpoint_every=2)
   c.checkpoint.keep = 3

@@ -24,6 +24,8 @@ from mmjax.train import state as state_lib
 
 from tests.train.conftest import tiny_config
 
+pytestmark = pytest.mark.slow  # trains runs to warm-start from
+
 IMAGE = ("image_tower/.*", "image_proj/.*")
 TOP_LEVEL = ["bias", "image_proj", "image_tower", "log_scale", "text_proj", "text_tower"]
 
