@@ -152,7 +152,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 # ---------------------------------------------------------------------------
 # Run time: encoded bytes -> the model's uint8 input. The model maps uint8 to
-# [-1, 1] on device (mmjax.models.two_tower), so the host ships 1 byte per
+# [-1, 1] on device (mmjax.models.multi_tower.tower_input), so the host ships 1 byte per
 # value instead of 4.
 
 

@@ -58,9 +58,10 @@ class Teacher(NamedTuple):
   """A loaded teacher.
 
   workdir: the teacher run's directory; step: its checkpoint's step;
-  config: its resolved config; model: its TwoTower; params: its params,
+  config: its resolved config; model: its model; params: its params,
   sharded on the student's mesh as `shardings`; temperature: the distillation
-  temperature; outputs: `outputs(params, batch) -> {name in OUTPUTS: array}`.
+  temperature; outputs: `outputs(params, batch) -> {"teacher/z/<m>": ...,
+  "teacher/temperature": ...}` (outputs_fn).
   """
 
   workdir: str
@@ -166,7 +167,7 @@ def check_embeddings(config, terms: Mapping[str, losses.Term], teacher_config,
 
   A term whose inputs include teacher_zimg / teacher_ztxt (mse_to_teacher) needs
   model.embed_dim equal to the teacher's, or config.distill.projection_dim set
-  to the teacher's (the student then learns `to_teacher`, see TwoTower).
+  to the teacher's (the student then learns `to_teacher`, see MultiTower).
   """
   theirs, ours = teacher_config.model.embed_dim, config.model.embed_dim
   projection = config.distill.get("projection_dim", 0)
