@@ -9,6 +9,7 @@ setuptools.setup(
     "sharded from one CPU to a TPU pod.",
     packages=setuptools.find_packages(include=["mmjax", "mmjax.*"]),
     python_requires=">=3.10",
+    # Ranges; the exact tested versions are pinned in requirements/lock.txt.
     install_requires=[
         "jax>=0.7.0",
         "flax>=0.11.0",
@@ -31,9 +32,14 @@ setuptools.setup(
         # HF weights read into NumPy, and the WordPiece they were trained with.
         "safetensors>=0.4",
         "tokenizers>=0.15",
+        # gs:// workdirs: etils.epath (orbax's path library) reaches GCS through
+        # fsspec's gcsfs; arrays go through tensorstore's own gcs driver.
+        "etils[epath]>=1.7",
+        "gcsfs>=2024.6",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        # gcp-storage-emulator: a local GCS server on 127.0.0.1 for the gs:// tests.
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "gcp-storage-emulator>=2024.8"],
         # Only for experiments/benchmarks/train_step.py (the open_clip side) and
         # the sentence-transformers cross-check of the MiniLM converter. These
         # pins are a torch/torchvision pair that load together on CPU.

@@ -11,9 +11,10 @@
 #   TPU_NAME=... ZONE=... bash launch/tpu_pod.sh delete
 #
 # `run` copies this checkout to every worker (gcloud scp), installs it into a
-# virtual environment with jax[tpu] on first use, and starts the command on all
-# workers at once; it returns when every worker has finished. Preempted? Run the
-# same `run` again: training resumes from the workdir's latest checkpoint.
+# virtual environment with jax[tpu] at the versions of requirements/lock.txt,
+# and starts the command on all workers at once; it returns when every worker
+# has finished. Preempted? Run the same `run` again: training resumes from the
+# workdir's latest checkpoint.
 # Settings: TPU_NAME, ZONE (required); ACCELERATOR_TYPE (default v5litepod-256),
 # RUNTIME_VERSION (default v2-alpha-tpuv5-lite), PROJECT (default: gcloud's).
 set -euo pipefail
@@ -43,7 +44,7 @@ case "${1:-}" in
       $PROJECT_FLAG --worker=all
     ssh_all "mkdir -p ~/mmjax && tar -xzf ~/mmjax.tgz -C ~/mmjax && cd ~/mmjax && \
       ( [ -x .venv/bin/python ] || python3 -m venv .venv ) && \
-      .venv/bin/pip install -q -e . 'jax[tpu]' && \
+      .venv/bin/pip install -q -c requirements/lock.txt -e . 'jax[tpu]' && \
       MMJAX_DISTRIBUTED=auto .venv/bin/$(printf '%q ' "$@")"
     ;;
   *)
