@@ -231,7 +231,9 @@ def _check_patterns(patterns, key: str, allow_empty: bool) -> None:
 def validate(config, *, test_split_size: int | None = None) -> None:
   """Raises ConfigError for the first value that cannot work.
 
-  test_split_size: number of evaluation images the data provides, if known.
+  test_split_size: number of evaluation images the data provides, if known: an
+    empty split, or an eval.num_images beyond it, fails. A split smaller than
+    a recall@K's K is fine (the evaluators leave that R@K out, and say so).
   """
   for key in REQUIRED_KEYS:
     _get(config, key)
@@ -247,8 +249,12 @@ def validate(config, *, test_split_size: int | None = None) -> None:
               "data.vocab_size", "model.embed_dim", "optim.grad_accum_steps",
               "checkpoint.keep", "max_bad_steps"):
     positive_int(key)
-  if config.eval.num_images != -1:
-    positive_int("eval.num_images")
+  num_images = _get(config, "eval.num_images")
+  if num_images != -1 and (not isinstance(num_images, int) or isinstance(num_images, bool)
+                           or num_images <= 0):
+    raise ConfigError(f"config.eval.num_images={num_images!r} must be a positive integer "
+                      "(the first N test images), or -1 for the whole test split; set "
+                      "--config.eval.num_images=N or -1.")
   if config.data.get("num_workers", 0) < 0:
     raise ConfigError(f"config.data.num_workers={config.data.num_workers} must be >= 0 "
                       "(0 = a background thread).")
@@ -290,6 +296,14 @@ def validate(config, *, test_split_size: int | None = None) -> None:
 
   _validate_distill(config.get("distill"))
 
+  if test_split_size is not None and test_split_size < 1:
+    # Nothing to evaluate on: every evaluation would fail, the first one after
+    # eval_every steps of training.
+    raise ConfigError(
+        f"the test split config.data.eval_split={config.data.get('eval_split', 'test')!r} "
+        f"of dataset config.data.name={config.data.name!r} holds no images; prepare the "
+        "dataset with a non-empty split of that name, or set --config.data.eval_split to "
+        "one that has images (e.g. val).")
   if test_split_size is not None and config.eval.num_images > test_split_size:
     raise ConfigError(
         f"config.eval.num_images={config.eval.num_images} but the test split holds "

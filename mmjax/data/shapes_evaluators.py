@@ -16,13 +16,14 @@ from typing import Sequence
 import numpy as np
 
 from mmjax.data import shapes, shapes_heldout, shapes_zeroshot
-from mmjax.eval import retrieval
+from mmjax.eval import retrieval, retrieval_evaluator
 from mmjax.eval.evaluators import EvaluatorConfigError
 from mmjax.eval.pairs import make_pairs, roc_auc
 from mmjax.models.heads.fusion import HEADS, NEEDS_TOKENS
 
 TEST_IMAGES = 1000  # the shapes test split (pipeline.TEST_IMAGES)
 HELDOUT = "heldout/"
+HELDOUT_CAPTIONS = 5  # per image: shapes_heldout.heldout_split's default, used here
 # Matching's settings; an evaluator entry overrides any of them.
 ITM_DEFAULTS = {"num_train": 2000, "steps": 1000, "batch_size": 256, "top_k": 16,
                 "easy_fraction": 0.0}
@@ -38,6 +39,11 @@ def _require_shapes(context, name: str) -> None:
 def _num_images(context) -> int:
   n = context.num_images
   return TEST_IMAGES if n == -1 else min(n, TEST_IMAGES)
+
+
+def _heldout_left_out(num_images: int, num_texts: int) -> dict[str, str]:
+  """retrieval.left_out under HeldOut's names ("heldout/text_to_image_R@10": ...)."""
+  return {HELDOUT + k: v for k, v in retrieval.left_out(num_images, num_texts).items()}
 
 
 def _test_split(context) -> dict:
@@ -94,6 +100,9 @@ class HeldOut:
     _require_shapes(context, "heldout")
     self.context = context
     self._data = None
+    n = _num_images(context)
+    retrieval_evaluator.warn_small_gallery(_heldout_left_out(n, n * HELDOUT_CAPTIONS), n,
+                                           TEST_IMAGES, context.num_images)
 
   def __call__(self, encoders) -> dict[str, float]:
     if self._data is None:
@@ -104,7 +113,8 @@ class HeldOut:
     images = test["image"] if len(test["image"]) == len(data["image"]) else data["image"]
     metrics = retrieval.retrieval_metrics(encoders.encode("image", images),
                                           encoders.encode("text", data["text"]),
-                                          data["text_to_image"])
+                                          data["text_to_image"], warn=False)
+    retrieval.warn_left_out(_heldout_left_out(len(images), len(data["text"])))
     out = {HELDOUT + k: v for k, v in metrics.items()}
     out[HELDOUT + "truncated"] = data["truncated"]
     return out
@@ -134,6 +144,25 @@ def itm_train_data(context, num_images: int) -> dict:
           "group": scene_groups([e["scene"] for e in examples])}
 
 
+def _check_itm_settings(settings: dict) -> None:
+  """The itm settings that would otherwise fail only after training, each named."""
+  minimum = {"num_train": 2, "steps": 1, "batch_size": 1, "top_k": 1}
+  for key, low in minimum.items():
+    value = settings[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      why = " (a negative pair needs a second image)" if key == "num_train" else ""
+      raise EvaluatorConfigError(
+          f"the itm evaluator's {key}={value!r} must be an integer >= {low}{why}; set "
+          f"{key} in its config.eval.evaluators entry (default {ITM_DEFAULTS[key]}).")
+  fraction = settings["easy_fraction"]
+  if (not isinstance(fraction, (int, float)) or isinstance(fraction, bool)
+      or not 0 <= fraction <= 1):
+    raise EvaluatorConfigError(
+        f"the itm evaluator's easy_fraction={fraction!r} must be a fraction in [0, 1] "
+        "(of negatives drawn at random rather than mined); set easy_fraction in its "
+        "config.eval.evaluators entry.")
+
+
 class Matching:
   """Image-text matching heads trained on the frozen towers (mmjax.train.matching).
 
@@ -156,6 +185,13 @@ class Matching:
     for kind in self.kinds:
       matching.head_key(kind)  # unknown kinds fail here, listing the known ones
     self.context, self.settings = context, {**ITM_DEFAULTS, **settings}
+    _check_itm_settings(self.settings)
+    if _num_images(context) < 2:
+      # One image has only matching captions: no negative pair, no AUC.
+      raise EvaluatorConfigError(
+          f"config.eval.num_images={context.num_images}: the itm evaluator scores "
+          "matching against mismatched pairs, which needs at least 2 test images; set "
+          "--config.eval.num_images=2 or more (-1: all), or turn itm off.")
 
   def __call__(self, encoders) -> dict[str, float]:
     from mmjax.train import matching  # pylint: disable=g-import-not-at-top

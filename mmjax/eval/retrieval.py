@@ -11,7 +11,7 @@ sorting, so each chunk costs one matmul and two reductions.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +19,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["retrieval_ranks", "retrieval_metrics", "top_k", "format_table"]
+__all__ = ["retrieval_ranks", "retrieval_metrics", "top_k", "format_table",
+           "DEFAULT_KS", "left_out", "left_out_message", "reported", "warn_left_out"]
 
 _DIRECTIONS = ("image_to_text", "text_to_image")
+DEFAULT_KS = (1, 5, 10)
+# The left_out dicts already warned about in this process: a run evaluates
+# every eval_every steps, and one line per run says it all.
+_WARNED: set = set()
 
 
 @jax.jit
@@ -246,9 +251,73 @@ def retrieval_ranks(image_emb, text_emb, text_to_image, *,
   return i2t_ranks, t2i_ranks
 
 
+def left_out(num_images: int | None, num_texts: int | None,
+             ks: Sequence[int] = DEFAULT_KS,
+             nouns: tuple[str, str] = ("captions", "images")) -> dict[str, str]:
+  """The R@K keys a gallery too small to measure them leaves out, and that gallery.
+
+  A gallery of G < K items has no K-th place: every match is in the top K, so
+  R@K would be 1 by construction, say nothing about the model, and pass for a
+  measurement in a table or plot. It is not reported.
+  Image-to-text ranks among the M captions, text-to-image among the N images.
+
+  Args:
+    num_images: N, the text_to_image gallery. num_texts: M, the image_to_text
+      one. None: not known yet (captions before they are read); not checked.
+    ks: the K of each recall@K.
+    nouns: what the image_to_text and text_to_image galleries hold, for the message.
+
+  Returns:
+    {"<direction>_R@K": "<G> <noun>"} for each K > G, in (direction, K) order,
+    e.g. {"text_to_image_R@10": "8 images"}; empty when every K fits.
+  """
+  out = {}
+  for direction, size, noun in zip(_DIRECTIONS, (num_texts, num_images), nouns):
+    for k in ks:
+      if size is not None and k > size:
+        out[f"{direction}_R@{k}"] = f"{size} {noun}"
+  return out
+
+
+def left_out_message(left: Mapping[str, str]) -> str:
+  """One line naming the keys of `left_out` and their galleries:
+  "text_to_image_R@10 left out: the gallery has 8 images"."""
+  by_gallery = {}
+  for key, gallery in left.items():
+    by_gallery.setdefault(gallery, []).append(key)
+  return "; ".join(f"{', '.join(keys)} left out: the gallery has {gallery}"
+                   for gallery, keys in by_gallery.items())
+
+
+def reported(left: Mapping[str, str], ks: Sequence[int] = DEFAULT_KS) -> list[str]:
+  """The R@K keys still reported in the directions `left` leaves something out
+  of: {"text_to_image_R@10": ...} -> ["text_to_image_R@1", "text_to_image_R@5"].
+  Works on renamed keys too ("heldout/...", "image_to_sketch_R@K")."""
+  directions = dict.fromkeys(key.rsplit("_R@", 1)[0] for key in left)
+  return [f"{d}_R@{k}" for d in directions for k in ks if f"{d}_R@{k}" not in left]
+
+
+def warn_left_out(left: Mapping[str, str], note: str = "") -> bool:
+  """Prints `left_out_message(left)`, why, and `note`, once per process and
+  distinct `left`.
+
+  The same keys left out by the same galleries are not named again, whether
+  first at start-up (an evaluator's constructor) or at the first evaluation.
+  Only process 0 prints. Returns whether it printed.
+  """
+  seen = tuple(sorted(left.items()))
+  if not left or seen in _WARNED:
+    return False
+  _WARNED.add(seen)
+  if jax.process_index() == 0:
+    print(f"WARNING: {left_out_message(left)} (R@K needs a gallery of at least K "
+          f"items){note}.", flush=True)
+  return True
+
+
 def retrieval_metrics(image_emb, text_emb, text_to_image, *,
-                      ks: Sequence[int] = (1, 5, 10),
-                      chunk_size: int = 1024) -> dict[str, float]:
+                      ks: Sequence[int] | None = None,
+                      chunk_size: int = 1024, warn: bool = True) -> dict[str, float]:
   """Recall@K and mean/median rank for image->text and text->image retrieval.
 
   Image-to-text counts a hit at K when any caption of the image is in the top K;
@@ -257,31 +326,40 @@ def retrieval_metrics(image_emb, text_emb, text_to_image, *,
   >= the best match. Scored in chunks of `chunk_size` queries, never N x M
   scores in memory at once.
 
+  A small gallery is legitimate: with the default ks, an R@K whose gallery
+  holds fewer than K items (1 by construction) is left out of the result, and
+  `warn_left_out` names it once. K passed explicitly must fit: the caller
+  asked for that number.
+
   Args:
     image_emb: [N, D] float (L2-normalised; similarity is the dot product).
     text_emb: [M, D] float.
     text_to_image: [M] int in [0, N); several captions may share an image.
-    ks: the K of each recall@K. Each must be <= the gallery size of both
-      directions (M captions, N images).
+    ks: the K of each recall@K; None: DEFAULT_KS (1, 5, 10), each reported
+      where it fits. Given K must each be <= the gallery of both directions
+      (M captions, N images).
     chunk_size: queries scored per step.
+    warn: print the left-out keys (callers that rename the keys print their own).
 
   Returns:
-    {"image_to_text_R@K", "text_to_image_R@K" for K in ks (fractions in [0, 1]),
+    {"image_to_text_R@K", "text_to_image_R@K" for K in ks (fractions in [0, 1];
+     with default ks, only K <= the direction's gallery: see `left_out`),
      "image_to_text_mean_rank", "image_to_text_median_rank",
      "text_to_image_mean_rank", "text_to_image_median_rank" (1-based)}, all
     Python floats.
 
   Raises:
-    ValueError: see `retrieval_ranks`; also for a K < 1 or larger than a
-      gallery.
+    ValueError: see `retrieval_ranks`; also for a K < 1, or a K given in ks
+      that is larger than a gallery.
   """
-  ks = tuple(ks)
+  explicit = ks is not None
+  ks = tuple(ks) if explicit else DEFAULT_KS
   for k in ks:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
       raise ValueError(f"each K in ks must be a positive int, got {k!r}.")
   # Shape checks are cheap; do them before any device work so a bad K fails fast.
   n, m = (np.shape(x)[0] if np.ndim(x) else 0 for x in (image_emb, text_emb))
-  for k in ks:
+  for k in ks if explicit else ():
     for direction, gallery, size in (("image_to_text", "captions", m),
                                      ("text_to_image", "images", n)):
       if size > 0 and k > size:
@@ -292,10 +370,14 @@ def retrieval_metrics(image_emb, text_emb, text_to_image, *,
 
   ranks = retrieval_ranks(image_emb, text_emb, text_to_image,
                           chunk_size=chunk_size)
+  skipped = left_out(n, m, ks)
+  if warn:
+    warn_left_out(skipped)
   metrics = {}
   for direction, r in zip(_DIRECTIONS, ranks):
     for k in ks:
-      metrics[f"{direction}_R@{k}"] = float(np.mean(r <= k))
+      if f"{direction}_R@{k}" not in skipped:
+        metrics[f"{direction}_R@{k}"] = float(np.mean(r <= k))
     metrics[f"{direction}_mean_rank"] = float(np.mean(r))
     metrics[f"{direction}_median_rank"] = float(np.median(r))
   return metrics
@@ -306,17 +388,23 @@ def format_table(metrics: dict[str, float],
   """Renders `retrieval_metrics` output as an aligned text table for printing.
 
   One row per direction (named by `labels`); columns R@K for each K present
-  (ascending), then mean_rank and median_rank. Extra keys (e.g. `step`) are
-  ignored.
+  in either direction (ascending), then mean_rank and median_rank. A K one
+  direction left out (its gallery is smaller than K: see `left_out`) shows
+  "-" there. Extra keys (e.g. `step`) are ignored.
   """
-  prefix = "image_to_text_R@"
-  ks = sorted(int(key[len(prefix):]) for key in metrics if key.startswith(prefix))
+  ks = sorted({int(key[len(d) + 3:]) for d in _DIRECTIONS for key in metrics
+               if key.startswith(f"{d}_R@")})
+
+  def recall(direction, k):
+    value = metrics.get(f"{direction}_R@{k}")
+    return "-" if value is None else f"{value:.4f}"
+
   header = ["", *(f"R@{k}" for k in ks), "mean_rank", "median_rank"]
   rows = [header]
   for direction, label in zip(_DIRECTIONS, labels):
     rows.append([
         label,
-        *(f"{metrics[f'{direction}_R@{k}']:.4f}" for k in ks),
+        *(recall(direction, k) for k in ks),
         f"{metrics[f'{direction}_mean_rank']:.2f}",
         f"{metrics[f'{direction}_median_rank']:.1f}",
     ])

@@ -23,12 +23,44 @@ def rename(metrics: dict, a: str, b: str) -> dict:
   return out
 
 
+# What each modality's gallery holds, for the warning about a small one.
+_NOUNS = {"image": "images", "text": "captions"}
+
+
+def _noun(modality: str) -> str:
+  return _NOUNS.get(modality, f"{modality} items")
+
+
+def left_out(a: str, b: str, num_a: int, num_b: int | None) -> dict[str, str]:
+  """retrieval.left_out for the pair (a, b) scored as (image, text): a's N = num_a
+  items query b's M = num_b (None: not counted yet) and back; keys renamed as
+  `rename` does."""
+  left = retrieval.left_out(num_a, num_b, retrieval.DEFAULT_KS, nouns=(_noun(b), _noun(a)))
+  return rename(left, a, b)
+
+
+def warn_small_gallery(left: dict[str, str], n: int, size: int, num_images: int) -> None:
+  """At construction, before anything compiles: the R@K a small test split
+  leaves out (`left`, see retrieval.left_out), those it reports, and over
+  what: the first n of the split's `size` images (num_images:
+  config.eval.num_images)."""
+  if not left:
+    return
+  where = (f"the first {n} of {size} test images (config.eval.num_images={num_images})"
+           if n < size else f"all {size} test images")
+  retrieval.warn_left_out(
+      left, f"; reported: {', '.join(retrieval.reported(left))}, over {where}")
+
+
 class Retrieval:
   """Recall@K and ranks between modalities a and b, both ways.
 
   Writes `<a>_to_<b>_R@1/5/10`, `<b>_to_<a>_R@1/5/10` and both directions'
   mean and median ranks (mmjax.eval.retrieval.retrieval_metrics), so the
   (image, text) pair writes the contract's image_to_text_* / text_to_image_*.
+  An R@K whose gallery holds fewer than K items is left out and named once:
+  at construction where the test split's size is known, else at the first
+  evaluation.
   An item of a matches an item of b when both belong to the same test image
   (several captions per image, as in COCO; one sketch per image, ...).
   At most one side may have several rows per image.
@@ -46,6 +78,14 @@ class Retrieval:
           "image; pair at least one per-image modality (e.g. the image).")
     self.fields = (fa, fb)
     self.last = None  # (embeddings of a, embeddings of b) of the last call
+    n = context.eval_images
+    if n is not None:
+      # Scored as in __call__: the per-image side first. A grouped side's rows
+      # (captions) are not counted until the data is read; the first
+      # evaluation names any R@K their gallery is too small for.
+      (a, b), fb = (self.pair, fb) if fa not in GROUPED else (self.pair[::-1], fa)
+      left = left_out(a, b, n, None if fb in GROUPED else n)
+      warn_small_gallery(left, n, context.test_split_size, context.num_images)
 
   def __call__(self, encoders) -> dict[str, float]:
     test = self.context.test
@@ -56,7 +96,9 @@ class Retrieval:
       a, b, fa, fb = b, a, fb, fa
     owner = (np.asarray(test[GROUPED[fb]]) if fb in GROUPED
              else np.arange(len(test[fb]), dtype=np.int32))
-    metrics = retrieval.retrieval_metrics(emb[a], emb[b], owner)
+    # Warned here under the names this evaluator writes, not the contract's.
+    metrics = retrieval.retrieval_metrics(emb[a], emb[b], owner, warn=False)
+    retrieval.warn_left_out(left_out(a, b, len(emb[a]), len(emb[b])))
     return rename(metrics, a, b)
 
   def report(self, workdir: str) -> list[str]:

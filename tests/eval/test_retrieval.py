@@ -210,9 +210,12 @@ def test_k_larger_than_gallery():
   img, txt, ids = _valid()
   with pytest.raises(ValueError, match=r"K=13 .*image_to_text gallery \(12 captions\)"):
     retrieval_metrics(img, txt, ids, ks=(1, 13))
-  # 12 captions but only 8 images: K=10 fits the caption gallery, not the image one.
+  # 12 captions but only 8 images: K=10 fits the caption gallery, not the image
+  # one. Asked for explicitly, that is an error; the default ks leave it out
+  # instead (tests/eval/test_small_gallery.py).
   with pytest.raises(ValueError, match=r"K=10 .*text_to_image gallery \(8 images\)"):
-    retrieval_metrics(img[:8], txt, ids % 8)
+    retrieval_metrics(img[:8], txt, ids % 8, ks=(1, 5, 10))
+  assert "text_to_image_R@10" not in retrieval_metrics(img[:8], txt, ids % 8)
   with pytest.raises(ValueError, match=r"positive int, got 0"):
     retrieval_metrics(img, txt, ids, ks=(0,))
   with pytest.raises(ValueError, match=r"chunk_size must be a positive int"):
