@@ -6,7 +6,7 @@ DIR/eval.json (the flat metrics plus the checkpoint's step) and the report
 plots. `--export FILE.npz` also writes the test split's embeddings.
 """
 
-import os
+import io
 
 from absl import app, flags
 
@@ -21,16 +21,26 @@ _EXPORT = flags.DEFINE_string(
 
 
 def evaluate_workdir(config, workdir: str, export: str | None = None) -> dict:
-  """Restores the latest checkpoint of `workdir` and returns its metrics + step."""
+  """Restores the latest checkpoint of `workdir` and returns its metrics + step.
+
+  The config must be the one the run was trained with (compared with the
+  checkpoint's as a resume does, so a setting without parameters, such as the
+  text tower's causal mask or pooling, cannot silently change the numbers), and
+  the tokenizer the one it pinned. Every process evaluates (the encoders are
+  sharded); only process 0 writes eval.json, the plots and the export.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  from mmjax import paths  # pylint: disable=g-import-not-at-top
   from mmjax.eval import evaluators as evaluators_lib  # pylint: disable=g-import-not-at-top
-  from mmjax.train import build, checkpoint, metrics  # pylint: disable=g-import-not-at-top
+  from mmjax.train import build, checkpoint, faults, metrics, pins  # pylint: disable=g-import-not-at-top
   from mmjax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   build.check(config)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckpt_dir):
+  primary = jax.process_index() == 0
+  ckpt_dir = paths.join(workdir, "checkpoints")
+  if not paths.isdir(ckpt_dir):
     raise FileNotFoundError(f"no checkpoints in {ckpt_dir}; train first with "
                             f"python -m mmjax.train --config ... --workdir {workdir}")
   tok = build.tokenizer(config, workdir)
@@ -43,6 +53,8 @@ def evaluate_workdir(config, workdir: str, export: str | None = None) -> dict:
                                       build.abstract_state(config, model, tx, shardings))
   if restored is None:
     raise FileNotFoundError(f"{ckpt_dir} holds no complete checkpoint; train first.")
+  faults.check_eval_config(restored.config, config, workdir)
+  pins.check_tokenizer(restored.data, tok, workdir)
   context = evaluators_lib.Context.for_run(config, tok)
   evaluators = evaluators_lib.build_all(config, context, tuple(config.model.towers))
   if export:  # the export needs the (image, text) retrieval embeddings
@@ -51,15 +63,18 @@ def evaluate_workdir(config, workdir: str, export: str | None = None) -> dict:
   result = evaluators_lib.run(evaluators, list(evaluators), model, restored.state.params,
                               config.eval.batch_size)
   result["step"] = restored.step
-  metrics.write_json(os.path.join(workdir, "eval.json"), result)
-  for evaluator in evaluators.values():
+  if primary:
+    metrics.write_json(paths.join(workdir, "eval.json"), result)
+  for evaluator in evaluators.values():  # every process: reports may compute sharded
     if hasattr(evaluator, "report"):
       evaluator.report(workdir)
-  if export:
+  if export and primary:
     test, emb = context.test, evaluators["retrieval"].last
-    np.savez(export, image_emb=emb["image"], text_emb=emb["text"],
+    buf = io.BytesIO()
+    np.savez(buf, image_emb=emb["image"], text_emb=emb["text"],
              text_to_image=test["text_to_image"], image_ids=test["image_ids"],
              captions=np.asarray(tok.decode(test["text"])))
+    paths.write_bytes(export, buf.getvalue())  # local or gs://, written whole
   return result
 
 

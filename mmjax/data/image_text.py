@@ -158,6 +158,12 @@ def check_dataset(data_dir: str, name: str) -> dict:
     message names the prepare command); ValueError: an incomplete directory or
     another format version (the message says to re-run with --overwrite).
   """
+  if str(data_dir).startswith(("gs://", "s3://")):
+    raise ValueError(
+        f"data.data_dir={data_dir!r}: prepared datasets are read from a local disk "
+        "(grain reads array_record files by local path). Copy it to each host, e.g. "
+        f"`gcloud storage cp -r {data_dir}/{name} /data/`, and pass "
+        "--config.data.data_dir=/data; workdirs, teachers and warm starts may stay on gs://.")
   path = dataset_dir(data_dir, name)
   if not os.path.isdir(path):
     raise FileNotFoundError(

@@ -4,13 +4,14 @@ Ids: pad = 0, unk = 1, eos = 2, no bos. Every encoded row ends with EOS (the
 text tower pools there), then padding; the padding mask is `tokens != pad_id`.
 """
 
+import hashlib
 import io
-import os
-import tempfile
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+from mmjax import paths
 
 PAD_ID, UNK_ID, EOS_ID = 0, 1, 2
 
@@ -20,7 +21,7 @@ def train_sentencepiece(sentences: Iterable[str], path: str, vocab_size: int,
   """Trains a SentencePiece model on `sentences` and writes it to `path`.
 
   The model is written to a temporary file beside `path` and moved into place
-  with os.replace, so a concurrent reader or an interrupted run never sees a
+  (paths.write_bytes), so a concurrent reader or an interrupted run never sees a
   half-written model. Training is single-threaded, hence deterministic: the
   same sentences give the same model bytes. With hard_vocab_limit=False a
   small corpus yields fewer pieces than vocab_size rather than failing; read
@@ -34,17 +35,8 @@ def train_sentencepiece(sentences: Iterable[str], path: str, vocab_size: int,
       vocab_size=vocab_size, model_type=model_type, hard_vocab_limit=False,
       pad_id=PAD_ID, unk_id=UNK_ID, eos_id=EOS_ID, bos_id=-1,
       character_coverage=1.0, num_threads=1, minloglevel=2)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".model")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(model.getvalue())
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the model is shared data
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  paths.makedirs(paths.dirname(paths.resolve(path)))
+  paths.write_bytes(path, model.getvalue())  # atomic, local or remote
   return path
 
 
@@ -52,12 +44,13 @@ class Tokenizer:
   """Encodes captions to fixed-length int32 rows: ids, EOS, then padding."""
 
   def __init__(self, path: str):
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
       raise FileNotFoundError(
           f"no sentencepiece model at {path}; point config.data.tokenizer at a "
           "`.model` file, or leave it empty to train one on the captions.")
     self.path = path
-    self._sp = spm.SentencePieceProcessor(model_file=path)
+    self._model = paths.read_bytes(path)  # local or gs://
+    self._sp = spm.SentencePieceProcessor(model_proto=self._model)
     if self._sp.pad_id() < 0 or self._sp.eos_id() < 0:
       raise ValueError(f"{path} has no pad or eos piece; train it with "
                        "mmjax.data.tokenizer.train_sentencepiece.")
@@ -68,6 +61,14 @@ class Tokenizer:
 
   def __setstate__(self, state):
     self.__init__(state["path"])
+
+  def fingerprint(self) -> str:
+    """sha256 of the model's bytes: equal fingerprints, equal token ids."""
+    return hashlib.sha256(self._model).hexdigest()
+
+  def model_bytes(self) -> bytes:
+    """The serialized model, e.g. to keep a copy with a run."""
+    return self._model
 
   @property
   def vocab_size(self) -> int:
@@ -128,8 +129,8 @@ def shapes_tokenizer(cache_dir: str, vocab_size: int = 256) -> Tokenizer:
   keeps ~70 pieces and splits most words into letters (25 tokens per caption on
   average, up to 35), while BPE learns one piece per word (11, up to 15).
   """
-  path = os.path.join(cache_dir, f"shapes_sp{vocab_size}.model")
-  if not os.path.exists(path):
+  path = paths.join(cache_dir, f"shapes_sp{vocab_size}.model")
+  if not paths.exists(path):
     from mmjax.data import shapes  # only needed to train
     train_sentencepiece(shapes.caption_corpus(20000), path, vocab_size, model_type="bpe")
   return Tokenizer(path)
@@ -142,6 +143,6 @@ def cached_tokenizer(path: str, sentences: Callable[[], Iterable[str]],
   Training is deterministic and the write atomic, so processes that race to
   train the same model all end up reading identical bytes.
   """
-  if not os.path.exists(path):
+  if not paths.exists(path):
     train_sentencepiece(sentences(), path, vocab_size, model_type=model_type)
   return Tokenizer(path)

@@ -13,6 +13,8 @@ Each row is [CLS] pieces... [SEP] then padding; [SEP] plays the role of EOS
 `tokens != pad_id`.
 """
 
+import hashlib
+import json
 import os
 from typing import Sequence
 
@@ -72,6 +74,11 @@ class WordPieceTokenizer:
 
   def __setstate__(self, state):
     self.__init__(state["path"], state["lowercase"])
+
+  def fingerprint(self) -> str:
+    """sha256 of the vocabulary (piece -> id): equal fingerprints, equal token ids."""
+    vocab = sorted(self._tok.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode("utf-8")).hexdigest()
 
   @property
   def vocab_size(self) -> int:

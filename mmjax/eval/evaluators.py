@@ -13,7 +13,8 @@ returns an object with
                         and the test data before anything compiles)
   __call__(encoders)    -> {metric: float}, given an `Encoders` (encode and
                         predict functions of the current params)
-  report(workdir)       optional: plots of its last results
+  report(workdir)       optional: plots of its last results; called on every
+                        process (it may compute sharded), writes from process 0
 
 It gets a `Context` (its data settings, the tokenizer, the test split), never
 the whole config. Results of all evaluators are one flat dict: retrieval's
@@ -55,6 +56,9 @@ class Context:
   fields: the modality fields the test split holds.
   tokenizer: the run's tokenizer (None while only checking a config).
   batch_size: rows per encoder call; num_images: config.eval.num_images.
+  test_split_size: images in the whole test split when known without reading
+    it (shapes: always; a prepared dataset: when build.check passes it in),
+    else None. Evaluators check what they can of it at construction.
   load_test: () -> the test split {field: [N or M, ...], "text_to_image": [M],
     ...}, loaded once, on first use.
   """
@@ -69,6 +73,7 @@ class Context:
   num_images: int
   tokenizer: Any = None
   load_test: Callable[[], dict] | None = None
+  test_split_size: int | None = None
 
   @functools.cached_property
   def test(self) -> dict:
@@ -76,15 +81,29 @@ class Context:
       raise RuntimeError("this Context was made to check a config; it has no data.")
     return self.load_test()
 
+  @property
+  def eval_images(self) -> int | None:
+    """N, the test images evaluated (the first num_images, all for -1), or
+    None when the split's size is not known without reading it."""
+    if self.test_split_size is None:
+      return None
+    if self.num_images == -1:
+      return self.test_split_size
+    return min(self.num_images, self.test_split_size)
+
   @classmethod
-  def without_data(cls, config, tokenizer=None, load_test=None) -> "Context":
+  def without_data(cls, config, tokenizer=None, load_test=None,
+                   test_split_size: int | None = None) -> "Context":
     from mmjax.data import pipeline  # pylint: disable=g-import-not-at-top
+    if test_split_size is None and config.data.name == "shapes":
+      # Known without reading anything; a prepared dataset's needs its index opened.
+      test_split_size = pipeline.test_split_size(config.data)
     return cls(data_name=config.data.name, image_size=config.data.image_size,
                context_length=config.data.context_length, seed=config.seed,
                inputs={m: t.get("input", m) for m, t in config.model.towers.items()},
                fields=tuple(pipeline.test_fields(config.data)),
                batch_size=config.eval.batch_size, num_images=config.eval.num_images,
-               tokenizer=tokenizer, load_test=load_test)
+               tokenizer=tokenizer, load_test=load_test, test_split_size=test_split_size)
 
   @classmethod
   def for_run(cls, config, tokenizer) -> "Context":

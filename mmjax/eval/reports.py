@@ -10,11 +10,11 @@ All take embeddings already computed (`mmjax.eval.evaluator.embed`), so a
 report costs no extra model calls.
 """
 
-import os
 import textwrap
 
 import numpy as np
 
+from mmjax import paths
 from mmjax.eval import retrieval
 
 
@@ -43,24 +43,35 @@ def plot_recall_curves(i2t_ranks, t2i_ranks, path: str, max_k: int = 100) -> str
   ax.grid(alpha=0.3, which="both")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  paths.save_figure(fig, path, dpi=110)
   plt.close(fig)
   return path
 
 
+def grid_hits(image_emb, text_emb, queries: int = 6, k: int = 5, seed: int = 0):
+  """(chosen caption rows [Q], their top-k image indices [Q, k]) for the grid.
+
+  The top-k runs sharded over all devices: with several processes, every
+  process calls this (write_all does), not only the one that draws.
+  """
+  m = len(text_emb)
+  rng = np.random.default_rng(seed)
+  chosen = np.sort(rng.choice(m, size=min(queries, m), replace=False))
+  _, top = retrieval.top_k(text_emb[chosen], image_emb, min(k, len(image_emb)))
+  return chosen, np.asarray(top)
+
+
 def plot_retrieval_grid(images, image_emb, text_emb, captions, text_to_image, path: str,
-                        queries: int = 6, k: int = 5, seed: int = 0) -> str:
+                        queries: int = 6, k: int = 5, seed: int = 0, hits=None) -> str:
   """Rows: a caption (spread evenly over the split) and its top-k images.
 
   images: [N, H, W, 3] uint8; image_emb [N, D], text_emb [M, D]; captions: M
-  strings; text_to_image [M].
+  strings; text_to_image [M]; hits: `grid_hits`' result if already computed
+  (by every process, when several run).
   """
   plt = _pyplot()
-  m = len(captions)
-  rng = np.random.default_rng(seed)
-  chosen = np.sort(rng.choice(m, size=min(queries, m), replace=False))
-  k = min(k, len(images))
-  _, top = retrieval.top_k(text_emb[chosen], image_emb, k)
+  chosen, top = hits if hits is not None else grid_hits(image_emb, text_emb, queries, k, seed)
+  k = top.shape[1]
   fig, axes = plt.subplots(len(chosen), k + 1, figsize=(1.6 * (k + 1) + 2.2, 1.7 * len(chosen)),
                            squeeze=False, gridspec_kw={"width_ratios": [2.2] + [1] * k})
   for row, (q, hits) in enumerate(zip(chosen, top)):
@@ -80,7 +91,7 @@ def plot_retrieval_grid(images, image_emb, text_emb, captions, text_to_image, pa
         ax.set_title(f"#{col}", fontsize=8)
   fig.suptitle("top-5 images per caption (true image framed green)", fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  paths.save_figure(fig, path, dpi=110)
   plt.close(fig)
   return path
 
@@ -107,17 +118,30 @@ def plot_embeddings_pca(image_emb, text_emb, path: str, max_points: int = 2000,
   ax.set(xlabel="PC 1", ylabel="PC 2", title="test embeddings, PCA")
   ax.legend(markerscale=3)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  paths.save_figure(fig, path, dpi=110)
   plt.close(fig)
   return path
 
 
-def write_all(workdir: str, data: dict, image_emb, text_emb, captions) -> list[str]:
-  """The three reports for one evaluation; returns their paths."""
+def write_all(workdir: str, data: dict, image_emb, text_emb, captions,
+              write: bool | None = None) -> list[str]:
+  """The three reports for one evaluation; returns their paths.
+
+  Call it on every process: the ranks are computed sharded over all devices
+  (a collective every process must join); only where `write` is true (the
+  primary process; None: process 0) are the plots drawn and saved.
+  """
+  if write is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    write = jax.process_index() == 0
   i2t, t2i = retrieval.retrieval_ranks(image_emb, text_emb, data["text_to_image"])
+  hits = grid_hits(image_emb, text_emb)
+  if not write:
+    return []
   return [
-      plot_recall_curves(i2t, t2i, os.path.join(workdir, "recall_curves.png")),
+      plot_recall_curves(i2t, t2i, paths.join(workdir, "recall_curves.png")),
       plot_retrieval_grid(data["image"], image_emb, text_emb, captions,
-                          data["text_to_image"], os.path.join(workdir, "retrieval_grid.png")),
-      plot_embeddings_pca(image_emb, text_emb, os.path.join(workdir, "embeddings_pca.png")),
+                          data["text_to_image"], paths.join(workdir, "retrieval_grid.png"),
+                          hits=hits),
+      plot_embeddings_pca(image_emb, text_emb, paths.join(workdir, "embeddings_pca.png")),
   ]

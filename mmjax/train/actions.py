@@ -10,12 +10,13 @@ Each has `due(step)` (or decides inside) and is called by the loop with the
 step's state; none of them knows about the others.
 """
 
-import os
 import time
 
 import numpy as np
 
+from mmjax import paths
 from mmjax.eval import evaluators as evaluators_lib
+from mmjax.parallel import multihost
 from mmjax.train import checkpoint, metrics as metrics_lib
 
 
@@ -86,13 +87,15 @@ class Evaluation:
     self.writer.write(step, {f"eval/{k}": v for k, v in result.items()})
     self.latest.update(result)
     if run.primary:
-      metrics_lib.write_json(os.path.join(run.workdir, "eval.json"),
+      metrics_lib.write_json(paths.join(run.workdir, "eval.json"),
                              {**self.latest, "step": step})
-      if step == run.config.total_steps and run.config.eval.reports:
-        for eid in ids:
-          report = getattr(run.evaluators[eid], "report", None)
-          if report is not None:
-            report(run.workdir)
+    # Every process: a report may compute sharded (a collective all must join);
+    # it writes its files from the primary process only.
+    if step == run.config.total_steps and run.config.eval.reports:
+      for eid in ids:
+        report = getattr(run.evaluators[eid], "report", None)
+        if report is not None:
+          report(run.workdir)
     return {**self.latest, "step": step}
 
 
@@ -103,15 +106,30 @@ class Checkpointer:
   def __init__(self, run):
     self.run = run
     self.last_saved = run.start if run.start else None
+    self.damaged_after = run.damaged_after
 
   def due(self, step: int) -> bool:
     c = self.run.config
     return every(step, c.checkpoint_every, c.total_steps)
 
   def __call__(self, step: int, state) -> None:
-    checkpoint.save(self.run.manager, step, state, {"next_step": step},
-                    self.run.config.to_dict())
+    if self.damaged_after is not None:
+      self._set_aside_damaged()
+    checkpoint.save(self.run.manager, step, state,
+                    {"next_step": step, "pins": self.run.pins}, self.run.config.to_dict())
     self.last_saved = step
+
+  def _set_aside_damaged(self) -> None:
+    """Moves the damaged steps newer than the restored one to <step>.unreadable
+    before the first save, which may need their step numbers."""
+    run = self.run
+    if run.primary:
+      moved = checkpoint.set_aside(run.manager, self.damaged_after)
+      if moved:
+        print("Damaged checkpoints kept for inspection: " + ", ".join(moved), flush=True)
+    multihost.sync("set aside damaged checkpoints")
+    run.manager.reload()
+    self.damaged_after = None
 
   def restore(self):
     """(state, step) of the latest checkpoint, after pending writes finish."""

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from mmjax import configs, losses
+from mmjax import configs, losses, paths
 from mmjax.data import image_text, pipeline, tokenizer as tokenizer_lib, wordpiece
 from mmjax.eval import evaluators as evaluators_lib
 from mmjax.models import multi_tower, pretrained, registry as model_registry
@@ -36,7 +36,10 @@ def check(config) -> dict[str, losses.Term]:
   """
   configs.validate(config)
   pipeline.check_data_config(config.data)
-  configs.validate(config, test_split_size=pipeline.test_split_size(config.data))
+  # Read once: an empty split or too large an eval.num_images fails here, and
+  # the evaluators learn the gallery sizes they can check before training.
+  test_split_size = pipeline.test_split_size(config.data)
+  configs.validate(config, test_split_size=test_split_size)
   _check_names(config)
   terms = losses.from_config(config.loss)
   model_ = model(config, vocab_size=config.data.vocab_size, pad_id=0)
@@ -50,8 +53,9 @@ def check(config) -> dict[str, losses.Term]:
   names = outputs(config, model_)
   losses.check(terms, names, fields, config.model.towers.keys())
   _check_loss_impl(config.loss.impl, terms)
-  evaluators_lib.build_all(config, evaluators_lib.Context.without_data(config),
-                           modalities=tuple(config.model.towers))
+  evaluators_lib.build_all(
+      config, evaluators_lib.Context.without_data(config, test_split_size=test_split_size),
+      modalities=tuple(config.model.towers))
   shape = mesh_lib.mesh_shape(config.mesh, jax.device_count())
   mesh_lib.check_batch(config.batch_size, shape, config.optim.grad_accum_steps)
   return terms
@@ -145,13 +149,19 @@ def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer | wordpiece.WordP
   if name:
     return tokenizer_lib.Tokenizer(name)
   if config.data.name == "shapes":
-    return tokenizer_lib.shapes_tokenizer(os.path.join(workdir, "tokenizer"),
+    return tokenizer_lib.shapes_tokenizer(paths.join(workdir, "tokenizer"),
                                           vocab_size=config.data.vocab_size)
   data = config.data
+  name = f"sentencepiece_{data.vocab_size}.model"
+  # The run keeps a copy of the tokenizer it started with (pins.keep_tokenizer):
+  # re-preparing the dataset (which trains a new one) cannot change its token ids.
+  own = paths.join(workdir, "tokenizer", name)
+  if paths.exists(own):
+    return tokenizer_lib.Tokenizer(own)
   directory = image_text.dataset_dir(data.data_dir, data.name)
   if not os.access(directory, os.W_OK):  # a read-only dataset: keep it with the run
-    directory = os.path.join(workdir, "tokenizer")
-  path = os.path.join(directory, f"sentencepiece_{data.vocab_size}.model")
+    directory = paths.join(workdir, "tokenizer")
+  path = paths.join(directory, name)
   return tokenizer_lib.cached_tokenizer(
       path, lambda: image_text.train_captions(data.data_dir, data.name,
                                               limit=TOKENIZER_IMAGES),

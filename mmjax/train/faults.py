@@ -6,7 +6,6 @@ a resumed config is compared with the one the checkpoint was written with,
 and a SIGTERM is turned into a checkpoint at the next step boundary.
 """
 
-import os
 import shutil
 import signal
 import threading
@@ -14,7 +13,7 @@ import threading
 import jax
 import numpy as np
 
-from mmjax import config_changes
+from mmjax import config_changes, paths
 
 
 class ConfigChangedError(ValueError):
@@ -22,17 +21,22 @@ class ConfigChangedError(ValueError):
 
 
 def check_workdir(workdir: str) -> None:
-  """Fails now, not after hours of training, if `workdir` cannot be written."""
+  """Fails now, not after hours of training, if `workdir` cannot be written.
+
+  Every process writes and deletes its own probe (named by host, pid and a
+  random suffix: containers often give all processes the same pid), so a
+  missing bucket, missing credentials or a read-only disk surface before
+  anything compiles, with a line saying what to change.
+  """
+  probe = paths.join(workdir, paths.unique_name(".write_probe"))
+  paths.check_credentials(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    # One probe per process: processes sharing a workdir must not race on one file.
-    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise OSError(f"cannot write to workdir {workdir!r} ({e.strerror}); choose a "
-                  "writable --workdir with free space.") from e
+    paths.makedirs(workdir)
+    paths.write_bytes(probe, b"ok")
+    paths.remove(probe)
+  except Exception as e:  # pylint: disable=broad-except
+    raise paths.StorageError(paths.explain(e, workdir, "write to workdir") +
+                             " Or choose another --workdir.") from e
 
 
 def state_bytes(abstract_state) -> int:
@@ -47,6 +51,8 @@ def check_free_space(workdir: str, checkpoint_bytes: int, keep: int) -> None:
   A save writes a new step before the oldest is deleted, so keep + 1
   checkpoints must fit (milestones add more later; this is the floor).
   """
+  if paths.is_remote(workdir):
+    return  # an object store has no free-space figure; quotas fail at the save
   needed = checkpoint_bytes * (keep + 1)
   free = shutil.disk_usage(workdir).free
   if free < needed:
@@ -72,6 +78,24 @@ def check_resume_config(saved: dict, config, where: str) -> None:
       "(checkpoint -> now):\n" + "\n".join(lines) +
       "\nRerun with the checkpoint's settings, train into a fresh --workdir, or "
       "pass --config.resume.allow_changes=True to continue with the new ones.")
+
+
+# What an evaluation computes depends on these; the optimizer, loss, schedule
+# and batch size of training do not change a checkpoint's embeddings.
+EVAL_KEYS = ("model.", "data.", "dtype:")
+
+
+def check_eval_config(saved: dict, config, where: str) -> None:
+  """Raises ConfigChangedError if `config` differs from the checkpoint's in a
+  setting that changes what the model computes (model.*, data.*, dtype)."""
+  lines = [l for l in config_changes.diff(saved, config.to_dict())
+           if l.strip().startswith(EVAL_KEYS)]
+  if lines:
+    raise ConfigChangedError(
+        f"the checkpoint in {where} was trained with a different model or data config "
+        "(checkpoint -> now):\n" + "\n".join(lines) + "\nEvaluate with the "
+        "experiment and overrides it was trained with (its resolved config is "
+        f"{paths.join(where, 'config.json')}).")
 
 
 class Preemption:

@@ -1,11 +1,11 @@
 """The training loop: data -> compiled step -> the periodic actions (actions.py)."""
 
-import os
 import time
 
 import jax
 from tqdm import tqdm
 
+from mmjax import paths
 from mmjax.data import pipeline
 from mmjax.eval import evaluators as evaluators_lib
 from mmjax.parallel import multihost
@@ -51,11 +51,11 @@ def train(run: Run) -> dict:
                           perf.peak_flops_per_sec(jax.devices()[0], config.dtype))
   evaluation = actions.Evaluation(run, writer)
   saver = actions.Checkpointer(run)
-  guard = actions.Guard(config.max_bad_steps, os.path.join(workdir, "checkpoints"))
+  guard = actions.Guard(config.max_bad_steps, paths.join(workdir, "checkpoints"))
   batches, close_batches, bad_records = _batches(run, step)
   bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
              mininterval=1.0, disable=not run.primary)
-  profiler = perf.Profiler(os.path.join(workdir, "profile"), config.profile.start_step,
+  profiler = perf.Profiler(paths.join(workdir, "profile"), config.profile.start_step,
                            config.profile.num_steps)
   last_eval = None
 
@@ -92,6 +92,7 @@ def train(run: Run) -> dict:
           if guard.should_roll_back(s, ms, saver.last_saved):
             # A step launched after the bad ones is discarded with them.
             state, step = saver.restore()
+            writer.rewind(step)  # the steps after it run again: one row per step
             print(f"{config.max_bad_steps} consecutive non-finite steps; rolled back to "
                   f"the checkpoint of step {step}.", flush=True)
             close_batches()
@@ -124,7 +125,7 @@ def train(run: Run) -> dict:
             saver(step, state)
           checkpoint.wait(run.manager)
           bar.write(f"Stop requested (SIGTERM): saved step {step} in "
-                    f"{os.path.join(workdir, 'checkpoints')}; rerun the same command "
+                    f"{paths.join(workdir, 'checkpoints')}; rerun the same command "
                     "to continue.")
           return {"preempted": True, "step": step}
   finally:

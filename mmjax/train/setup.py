@@ -7,14 +7,14 @@ evaluators, and compiles the train step. The loop (loop.py) only runs it.
 """
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
 
+from mmjax import paths
 from mmjax.eval import evaluators as evaluators_lib
-from mmjax.parallel import multihost, partitioning
-from mmjax.train import build, checkpoint, faults, metrics as metrics_lib, perf
+from mmjax.parallel import partitioning
+from mmjax.train import build, checkpoint, faults, metrics as metrics_lib, perf, pins
 from mmjax.train import state as state_lib
 from mmjax.train import teacher as teacher_lib
 from mmjax.train import warm_start
@@ -46,6 +46,8 @@ class Run:
   context: evaluators_lib.Context
   step_flops: float | None
   primary: bool
+  pins: dict = dataclasses.field(default_factory=dict)
+  damaged_after: int | None = None
 
 
 def setup(config, workdir: str) -> Run:
@@ -58,8 +60,10 @@ def setup(config, workdir: str) -> Run:
   tok = build.tokenizer(config, workdir)
   model = build.model(config, tok)
   loss_fn = build.loss_fn(config, terms, mesh)
+  # A resumed student reads the teacher step its checkpoints pin, not the latest.
+  pinned_teacher = pins.teacher_step(_latest_data(workdir))
   # Read and checked before compiling; its params are an input of every step.
-  teacher = teacher_lib.load(config, terms, mesh, tok)  # None: no config.distill.teacher
+  teacher = teacher_lib.load(config, terms, mesh, tok, step=pinned_teacher)  # None: none
   frozen = {} if teacher is None else {"teacher": (teacher.outputs, teacher.shardings)}
   frozen_params = {} if teacher is None else {"teacher": teacher.params}
   mask = build.freeze_mask(config, model, mesh)
@@ -73,12 +77,13 @@ def setup(config, workdir: str) -> Run:
   faults.check_free_space(workdir, faults.state_bytes(abstract), config.checkpoint.keep)
   mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep,
                             keep_every=config.checkpoint.keep_every)
-  state = _resume(mngr, abstract, config, workdir)
+  state, damaged_after = _resume(mngr, abstract, config, workdir, tok)
   if state is None:
     state = build.init_state(config, model, tx, shardings)
     state = state.replace(params=warm_start.apply(config, state.params))
   if primary:
-    metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    metrics_lib.write_json(paths.join(workdir, "config.json"), config.to_dict())
+    pins.keep_tokenizer(workdir, tok)
 
   train_step = build.train_step(config, model, tx, lr_schedule, loss_fn, mesh, shardings,
                                 frozen_mask=mask, frozen_models=frozen)
@@ -100,24 +105,32 @@ def setup(config, workdir: str) -> Run:
              state=state, start=int(state.step), step=compiled, frozen_params=frozen_params,
              abstract=abstract, manager=mngr, batch_sharding=batch_sharding,
              evaluators=evaluators, context=context, step_flops=step_flops,
-             primary=primary)
+             primary=primary, damaged_after=damaged_after,
+             pins=pins.record(tok, None if teacher is None else teacher.step))
 
 
-def _resume(mngr, abstract, config, workdir: str):
-  """The state of the latest readable checkpoint (None if there is none),
-  after checking that this config may continue it."""
+def _latest_data(workdir: str) -> dict | None:
+  """The newest readable checkpoint's data item (None without checkpoints),
+  read without creating anything: a config refused later leaves no trace."""
+  if not paths.isdir(paths.join(workdir, "checkpoints")):
+    return None
+  return checkpoint.latest_data(checkpoint.manager(workdir, read_only=True))
+
+
+def _resume(mngr, abstract, config, workdir: str, tok):
+  """(state of the latest readable checkpoint, or None if there is none; the
+  step after which damaged checkpoints wait to be set aside, or None), after
+  checking that this config and tokenizer may continue it."""
   restored = checkpoint.restore_latest(mngr, abstract)
   if restored is None:
-    return None
+    return None, None
   faults.check_resume_config(restored.config, config, workdir)
+  pins.check_tokenizer(restored.data, tok, workdir)
   if restored.data.get("next_step", restored.step) != restored.step:
     raise ValueError(f"checkpoint step {restored.step} in {workdir} records data "
                      f"position {restored.data}; it is damaged, move it aside.")
   newer = [s for s in mngr.all_steps() if s > restored.step]
-  if newer:  # unreadable ones, skipped with a warning: keep them for inspection
-    if jax.process_index() == 0:
-      checkpoint.set_aside(mngr, restored.step)
-    multihost.sync("set aside unreadable checkpoints")
-    mngr.reload()
   print(f"Resuming from the checkpoint at step {restored.step} in {workdir}.", flush=True)
-  return restored.state
+  # Damaged newer steps are moved aside by the next save (Checkpointer), not now:
+  # a run that fails before saving leaves the checkpoints as it found them.
+  return restored.state, (restored.step if newer else None)

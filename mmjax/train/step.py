@@ -49,7 +49,10 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
   plain accumulation). Losses that are means over independent examples are
   unchanged. Accumulation lives inside the step, rather than as
   `optax.MultiSteps` over k calls, so one step still consumes the global batch
-  of (seed, step), and state.step and the lr schedule count optimizer updates.
+  of (seed, step), and state.step counts optimizer steps. The lr schedule
+  counts applied updates: a step whose update was dropped (non-finite loss)
+  does not advance it, so after k dropped steps the schedule is k behind
+  state.step, and "train/lr" logs the rate actually applied.
 
   freeze_mask: None or a pytree like the params of bools, True for params the
   optimizer keeps fixed (config.optim.freeze). Their gradient is stopped in
@@ -118,7 +121,9 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
         "train/loss": loss,
         "train/skipped": 1 - finite.astype(jnp.float32),
         "train/grad_norm": grad_norm,
-        "train/lr": lr_schedule(state.step),
+        # The schedule counts applied updates (optax's count does not advance on
+        # a dropped one): this is the rate this step applied (or would have).
+        "train/lr": lr_schedule(state.step - state.skipped),
         **{f"train/{name}": value for name, value in aux["scalars"].items()},
         **{f"train/loss/{name}": value for name, value in aux["terms"].items()},
     }

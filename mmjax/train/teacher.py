@@ -32,7 +32,6 @@ workdir).
 """
 
 import json
-import os
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -41,7 +40,7 @@ import ml_collections
 import numpy as np
 import sentencepiece as spm
 
-from mmjax import config_changes, losses
+from mmjax import config_changes, losses, paths
 from mmjax.data import tokenizer as tokenizer_lib
 from mmjax.train import build
 from mmjax.train import warm_start
@@ -94,19 +93,18 @@ def outputs_fn(model, temperature: float):
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run wrote to `workdir/config.json`."""
-  if not os.path.isdir(workdir):
+  """The resolved config a run wrote to `workdir/config.json` (local or gs://)."""
+  if not paths.isdir(workdir):
     raise FileNotFoundError(
         f"config.distill.teacher={workdir!r} does not exist; set it to the workdir "
         "of a trained mmjax run (e.g. runs/siglip), or '' for no teacher.")
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  path = paths.join(workdir, "config.json")
+  if not paths.isfile(path):
     raise FileNotFoundError(
         f"config.distill.teacher={workdir!r} has no config.json ({path}): the teacher "
         "must be the workdir of an mmjax run, which writes its resolved config there "
         "(not its checkpoints/ folder or a step folder in it).")
-  with open(path) as f:
-    return ml_collections.ConfigDict(config_changes.upgrade(json.load(f)))
+  return ml_collections.ConfigDict(config_changes.upgrade(json.loads(paths.read_text(path))))
 
 
 def _data(config, key: str):
@@ -145,10 +143,10 @@ def check_batches(config, teacher_config, workdir: str, tok=None) -> None:
              f"Set --config.data.{key}={_data(teacher_config, key)!r} (the student then "
              "uses the teacher's tokenizer), or choose a teacher trained with this "
              "run's data settings.")
-  ours = getattr(tok, "path", "")
+  ours = str(getattr(tok, "path", ""))
   if ours.endswith(".model"):  # sentencepiece (a given WordPiece is compared by name)
-    theirs = os.path.join(workdir, "tokenizer", os.path.basename(ours))
-    if os.path.isfile(theirs) and _pieces(theirs) != _pieces(ours):
+    theirs = paths.join(workdir, "tokenizer", paths.basename(ours))
+    if paths.isfile(theirs) and _pieces(theirs) != _pieces(ours):
       raise TeacherError(
           f"teacher {workdir} tokenizes with {theirs}, whose vocabulary differs from "
           f"this run's {ours} although data.name, data.vocab_size and "
@@ -157,7 +155,7 @@ def check_batches(config, teacher_config, workdir: str, tok=None) -> None:
 
 
 def _pieces(path: str) -> list[str]:
-  sp = spm.SentencePieceProcessor(model_file=path)
+  sp = spm.SentencePieceProcessor(model_proto=paths.read_bytes(path))
   return [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
 
 
@@ -187,7 +185,7 @@ def check_embeddings(config, terms: Mapping[str, losses.Term], teacher_config,
 
 
 def load(config, terms: Mapping[str, losses.Term], mesh: jax.sharding.Mesh,
-         tok: tokenizer_lib.Tokenizer) -> Teacher | None:
+         tok: tokenizer_lib.Tokenizer, step: int | None = None) -> Teacher | None:
   """Reads, checks and places the teacher of config.distill.teacher (None if "").
 
   Every check runs before anything is compiled: a teacher is given (not an
@@ -201,6 +199,8 @@ def load(config, terms: Mapping[str, losses.Term], mesh: jax.sharding.Mesh,
     mesh: the student's mesh; the teacher's params are sharded on it by the
       same logical-axis rules.
     tok: the student's tokenizer (the teacher's model uses its vocabulary).
+    step: the teacher checkpoint to read (a resumed student's pinned step,
+      `pins.teacher_step`); None: the teacher run's latest.
   """
   distill = config.get("distill")
   workdir = distill.get("teacher", "") if distill is not None else ""
@@ -214,8 +214,13 @@ def load(config, terms: Mapping[str, losses.Term], mesh: jax.sharding.Mesh,
   check_batches(config, teacher_config, workdir, tok)
   check_embeddings(config, terms, teacher_config, workdir)
   try:
-    source = warm_start.resolve(workdir, what="teacher")
+    source = warm_start.resolve(workdir, step=step, what="teacher")
   except FileNotFoundError as e:
+    if step is not None:
+      raise TeacherError(
+          f"this run distils from step {step} of the teacher {workdir} (pinned in its "
+          f"checkpoints), but that step is gone: {e} Restore that checkpoint of the "
+          "teacher, or train the student into a fresh --workdir.") from None
     raise FileNotFoundError(
         f"{e} config.distill.teacher={workdir!r} must be a run that has saved a "
         "checkpoint: train it first (python -m mmjax.train --config ... --workdir "
@@ -229,7 +234,7 @@ def load(config, terms: Mapping[str, losses.Term], mesh: jax.sharding.Mesh,
   if problems:
     raise TeacherError(
         f"teacher: the checkpoint {source.item_dir} does not fit the model that "
-        f"{os.path.join(workdir, 'config.json')} describes ({len(problems)} params):\n"
+        f"{paths.join(workdir, 'config.json')} describes ({len(problems)} params):\n"
         + "\n".join(problems) + "\nIs config.json from the run that wrote checkpoints/?")
   params = jax.tree_util.tree_map_with_path(
       lambda path, sharding: warm_start.place(

@@ -18,7 +18,6 @@ e.g. all-MiniLM-L6-v2; see experiments/shapes_lit_minilm.py), LiT's other way
 round: a locked text tower that the image tower learns to match.
 """
 
-import os
 import re
 from typing import Any, NamedTuple, Sequence
 
@@ -27,6 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mmjax import paths
 from mmjax.models import bert, pretrained
 
 # The item a step directory keeps the TrainState in: "state" in the Composite
@@ -181,21 +181,21 @@ class Source(NamedTuple):
 
 
 def _is_item(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, _PYTREE_METADATA))
+  return paths.isfile(paths.join(path, _PYTREE_METADATA))
 
 
 def _step_item(step_dir: str) -> str | None:
   for name in STATE_ITEMS:
-    if _is_item(os.path.join(step_dir, name)):
-      return os.path.join(step_dir, name)
+    if _is_item(paths.join(step_dir, name)):
+      return paths.join(step_dir, name)
   return step_dir if _is_item(step_dir) else None
 
 
 def _step_of(item_dir: str) -> int | None:
   """The step of an item folder, from its step folder's name (None if not numeric)."""
-  step_dir = (os.path.dirname(item_dir) if os.path.basename(item_dir) in STATE_ITEMS
+  step_dir = (paths.dirname(item_dir) if paths.basename(item_dir) in STATE_ITEMS
               else item_dir)
-  name = os.path.basename(step_dir)
+  name = paths.basename(step_dir)
   return int(name) if name.isdigit() else None
 
 
@@ -208,8 +208,8 @@ def resolve(source: str, step: int | None = None, what: str = "warm start") -> S
   step: the step to read from a workdir or manager directory; None: the latest.
   what: what is being read, the first words of error messages.
   """
-  source = os.path.abspath(source)
-  if not os.path.isdir(source):
+  source = paths.resolve(source)
+  if not paths.isdir(source):
     raise FileNotFoundError(
         f"{what}: {source} does not exist; give a run's workdir, its "
         "checkpoints/ folder or one step folder in it.")
@@ -220,8 +220,8 @@ def resolve(source: str, step: int | None = None, what: str = "warm start") -> S
       raise ValueError(f"{what}: asked for step {step} but {source} is the "
                        f"checkpoint of step {found}; give the workdir to choose a step.")
     return Source(item, found)
-  checkpoints = os.path.join(source, "checkpoints")
-  directory = checkpoints if os.path.isdir(checkpoints) else source
+  checkpoints = paths.join(source, "checkpoints")
+  directory = checkpoints if paths.isdir(checkpoints) else source
   # Finalized steps only: orbax's own listing skips a save still in progress
   # (a temporary folder, or on object stores one without its commit marker).
   steps = sorted(ocp.utils.checkpoint_steps(directory))
@@ -231,7 +231,7 @@ def resolve(source: str, step: int | None = None, what: str = "warm start") -> S
   if chosen not in steps:
     raise FileNotFoundError(f"{what}: no checkpoint of step {step} in {directory}; "
                             f"it holds steps {steps}.")
-  step_dir = os.path.join(directory, str(chosen))
+  step_dir = paths.join(directory, str(chosen))
   item = _step_item(step_dir)
   if item is None:
     raise ValueError(f"{what}: {step_dir} holds no train state (no {STATE_ITEMS} "
@@ -365,7 +365,7 @@ def apply(config, params):
         "config.init.checkpoint is required by this experiment: set "
         "--config.init.checkpoint to the workdir of the run to start from (e.g. "
         "runs/siglip), or to '' to train without a warm start.")
-  if not os.path.isdir(init.checkpoint):
+  if not paths.isdir(init.checkpoint):
     raise FileNotFoundError(
         f"config.init.checkpoint={init.checkpoint!r} does not exist; set it to the "
         "workdir of an earlier run (e.g. --config.init.checkpoint=runs/siglip), one "

@@ -486,6 +486,12 @@ def test_missing_dataset_names_the_prepare_command(tmp_path):
 # ------------------------------------------------------------ reader
 
 
+def test_a_dataset_on_a_bucket_says_to_copy_it_to_local_disk():
+  with pytest.raises(ValueError, match=r"read from a local disk.*gcloud storage cp -r "
+                                       r"gs://b/data/coco_karpathy /data/"):
+    image_text.check_dataset("gs://b/data", "coco_karpathy")
+
+
 def test_reader_contract(tmp_path, small_source):
   data_dir = tmp_path / "data"
   build(tmp_path, "jsonl", *small_source)

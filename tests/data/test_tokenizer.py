@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from mmjax import paths
 from mmjax.data import shapes
 from mmjax.data import tokenizer as tokenizer_lib
 
@@ -107,7 +108,8 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
   def broken_replace(src, dst):
     raise OSError("disk full")
 
-  monkeypatch.setattr(tokenizer_lib.os, "replace", broken_replace)
+  # The model is written through mmjax.paths: a temporary file, then os.replace.
+  monkeypatch.setattr(paths.os, "replace", broken_replace)
   with pytest.raises(OSError, match="disk full"):
     tokenizer_lib.train_sentencepiece(shapes.caption_corpus(200), str(tmp_path / "m.model"), 64)
   assert os.listdir(tmp_path) == []  # neither a model nor a temp file

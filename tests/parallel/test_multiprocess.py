@@ -44,8 +44,9 @@ def config_file(tmp_path_factory):
 def test_two_processes_match_one_process(config_file, tmp_path):
   multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
   cmd = [sys.executable, "-m", "mmjax.train", f"--config={config_file}"]
-  out = subprocess.run(
-      ["bash", "launch/cpu_multiprocess.sh", "2", "4", *cmd, f"--workdir={multi}"],
+  out = subprocess.run(  # with the end-of-run reports, as by default
+      ["bash", "launch/cpu_multiprocess.sh", "2", "4", *cmd, f"--workdir={multi}",
+       "--config.eval.reports=True"],
       cwd=ROOT, env=_env(MMJAX_LOG_DIR=str(tmp_path / "logs")),
       capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
@@ -63,6 +64,10 @@ def test_two_processes_match_one_process(config_file, tmp_path):
   with open(os.path.join(multi, "metrics.jsonl")) as f:
     steps = [json.loads(line)["step"] for line in f]
   assert steps.count(4) == 2  # the train row and the eval row of step 4
+  # The end-of-run reports (a sharded rank computation every process joins)
+  # finished on both processes and were written once.
+  for name in ("recall_curves.png", "retrieval_grid.png", "embeddings_pca.png"):
+    assert os.path.isfile(os.path.join(multi, name)), name
 
 
 def test_launcher_fails_when_one_process_fails(tmp_path):

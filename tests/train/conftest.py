@@ -1,5 +1,7 @@
 """A tiny shapes config, so the end-to-end tests compile in seconds."""
 
+import os
+
 import pytest
 
 from mmjax import configs
@@ -36,3 +38,15 @@ def tiny_config(**overrides):
 @pytest.fixture
 def make_config():
   return tiny_config
+
+
+def tree_bytes(root) -> dict:
+  """{path relative to root: bytes} of every file under root, to show that
+  something left a directory exactly as it was."""
+  out = {}
+  for where, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(where, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = f.read()
+  return out

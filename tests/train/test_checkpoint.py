@@ -18,7 +18,7 @@ from mmjax.train import faults
 from mmjax.train import state as state_lib
 from mmjax.train import warm_start
 
-from tests.train.conftest import tiny_config
+from tests.train.conftest import tiny_config, tree_bytes
 
 
 def _state(value: float, width: int = 3):
@@ -72,7 +72,7 @@ def test_unreadable_latest_is_skipped_with_a_warning(tmp_path, capsys, damage):
   assert restored.step == 2
   np.testing.assert_array_equal(restored.state["params"]["w"], np.full((4, 3), 2.0))
   err = capsys.readouterr().err
-  assert f"checkpoint {latest} cannot be read" in err and "trying the one before" in err
+  assert f"checkpoint {latest} is damaged" in err and "trying the one before" in err
   # Set aside (not deleted), so step 4 can be saved again.
   assert checkpoint.set_aside(mngr, 2) == [latest + ".unreadable"]
   mngr.reload()
@@ -138,6 +138,75 @@ def test_unwritable_workdir_fails_at_start(tmp_path):
   blocker.write_text("not a directory")
   with pytest.raises(OSError, match="cannot write to workdir"):
     faults.check_workdir(str(blocker / "run"))
+
+
+@pytest.mark.parametrize("errno, strerror, fix", [
+    (30, "Read-only file system", "choose a writable path"),
+    (28, "No space left on device", "the disk is full; free space")])
+def test_read_only_or_full_disk_fails_at_start_with_the_fix(tmp_path, monkeypatch, errno,
+                                                           strerror, fix):
+  # Root writes through permission bits, so the OS error is injected at the write.
+  from mmjax import paths  # pylint: disable=g-import-not-at-top
+
+  def refuse(path, data):
+    raise OSError(errno, strerror)
+
+  monkeypatch.setattr(paths, "write_bytes", refuse)
+  with pytest.raises(OSError, match=fix) as err:
+    faults.check_workdir(str(tmp_path / "run"))
+  assert str(tmp_path / "run") in str(err.value) and "--workdir" in str(err.value)
+
+
+def test_write_probe_names_are_unique_per_process_and_host():
+  from mmjax import paths  # pylint: disable=g-import-not-at-top
+  a, b = paths.unique_name(".write_probe"), paths.unique_name(".write_probe")
+  assert a != b and str(os.getpid()) in a
+
+
+def test_is_damage_recognises_missing_truncated_and_undecodable_files():
+  import json  # pylint: disable=g-import-not-at-top
+  truncated = ValueError('OUT_OF_RANGE: Error reading "w/0": Requested byte range '
+                         '[0, 268713) is not valid for value of size 134489')
+  wrapped = Exception("Encountered error while reading array index")
+  wrapped.__cause__ = truncated
+  for error in (wrapped, FileNotFoundError("x"), json.JSONDecodeError("bad", "{", 1),
+                ValueError("FAILED_PRECONDITION: Truncated Zstd-compressed stream"),
+                ValueError("DATA_LOSS: checksum mismatch")):
+    assert checkpoint.is_damage(error), error
+  for error in (MemoryError(), RuntimeError("injected"), PermissionError("denied"),
+                ValueError("UNAVAILABLE: connection reset"), TypeError("version")):
+    assert not checkpoint.is_damage(error), error
+
+
+def test_a_failure_that_is_not_damage_stops_and_moves_nothing(tmp_path, monkeypatch):
+  mngr = _save_steps(str(tmp_path), [2, 4], keep=3)
+  before = tree_bytes(tmp_path)
+  mngr = checkpoint.manager(str(tmp_path), keep=3)
+
+  def failing_restore(*args, **kwargs):
+    raise RuntimeError("injected: host out of memory")
+
+  monkeypatch.setattr(mngr, "restore", failing_restore)
+  with pytest.raises(checkpoint.CheckpointReadError) as err:
+    checkpoint.restore_latest(mngr, _abstract())
+  message = str(err.value)
+  assert f"{mngr.directory}/4" in message and "injected: host out of memory" in message
+  assert "nothing was skipped, moved or deleted" in message
+  assert tree_bytes(tmp_path) == before
+
+
+def test_every_checkpoint_damaged_stops_with_the_list_and_keeps_the_bytes(tmp_path):
+  mngr = _save_steps(str(tmp_path), [2, 4], keep=3)
+  for step in ("2", "4"):
+    _damage(os.path.join(mngr.directory, step))
+  before = tree_bytes(tmp_path)
+  mngr = checkpoint.manager(str(tmp_path), keep=3)
+  with pytest.raises(checkpoint.NoReadableCheckpointError) as err:
+    checkpoint.restore_latest(mngr, _abstract())
+  message = str(err.value)
+  assert f"{mngr.directory}/4:" in message and f"{mngr.directory}/2:" in message
+  assert "did not start from scratch" in message
+  assert tree_bytes(tmp_path) == before
 
 
 # A run saved before towers were keyed by modality: the config.json (and

@@ -20,7 +20,7 @@ from etils import epath
 from mmjax import configs, evaluate, losses
 from mmjax.data import pipeline
 from mmjax.parallel import partitioning
-from mmjax.train import build, loop, warm_start
+from mmjax.train import build, checkpoint, loop, warm_start
 from mmjax.train import state as state_lib
 from mmjax.train import step as step_lib
 from mmjax.train import teacher as teacher_lib
@@ -405,13 +405,28 @@ def test_checkpoints_hold_the_student_alone(distilled, tok):
   assert 32 not in widths
 
 
-def test_a_distilled_run_resumes_on_the_same_curve(distilled, teacher_dir, tmp_path):
+def test_a_distilled_run_resumes_on_the_same_curve(distilled, teacher_dir, tmp_path,
+                                                   monkeypatch):
   workdir, result = distilled
   resumed = str(tmp_path / "resumed")
   os.makedirs(os.path.join(resumed, "checkpoints"))
   subprocess.run(["cp", "-r", os.path.join(workdir, "checkpoints", "2"),
                   os.path.join(resumed, "checkpoints")], check=True)
+  # The student's checkpoint pins the teacher step it was trained against, and
+  # the resume asks the teacher for that step (not the teacher run's latest).
+  saved = checkpoint.latest_data(checkpoint.manager(resumed, read_only=True))
+  teacher_steps = checkpoint.manager(teacher_dir, read_only=True).all_steps()
+  assert saved["pins"]["teacher_step"] == max(teacher_steps)
+  asked = []
+  real_load = teacher_lib.load
+
+  def load(*args, step=None, **kwargs):
+    asked.append(step)
+    return real_load(*args, step=step, **kwargs)
+
+  monkeypatch.setattr(teacher_lib, "load", load)
   again = loop.train_and_evaluate(student_config(teacher_dir), resumed)
+  assert asked == [max(teacher_steps)]
   original = {r["step"]: r for r in _rows(workdir) if "train/loss" in r}
   rows = {r["step"]: r for r in _rows(resumed) if "train/loss" in r}
   assert sorted(rows) == [4]  # it started at step 3

@@ -16,6 +16,7 @@ from mmjax.data import pipeline
 from mmjax.eval import retrieval
 from mmjax.train import checkpoint
 from mmjax.train import loop
+from mmjax.train import state as state_lib
 from mmjax.train import step as step_lib
 
 from tests.train.conftest import tiny_config
@@ -150,6 +151,31 @@ def test_a_transient_nan_step_is_skipped_and_counted(black_steps, tmp_path):
   # The update of step 5 was dropped: its params are those of step 4.
   before, after = _params(run, 4), _params(run, 5)
   jax.tree.map(np.testing.assert_array_equal, before, after)
+  # The logged rate is the one applied. The schedule counts applied updates,
+  # whose number the optimizer state itself keeps: after step 6 it holds 5
+  # (steps 1-4 and 6), so step 6 applied schedule(4), not schedule(5).
+  config = tiny_config(total_steps=6)
+  schedule = state_lib.schedule(config.optim, config.total_steps)
+  counts = {int(c) for c in _counts(_opt_state(run, 6))}
+  assert counts == {5}
+  np.testing.assert_allclose(rows[6]["train/lr"], schedule(4), rtol=1e-6)
+  assert abs(float(schedule(4)) - float(schedule(5))) > 1e-6
+  np.testing.assert_allclose(rows[4]["train/lr"], schedule(3), rtol=1e-6)
+
+
+def _opt_state(workdir, step):
+  mngr = checkpoint.manager(workdir, read_only=True)
+  return mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))["state"]["opt_state"]
+
+
+def _counts(tree) -> list:
+  """Every optax `count` leaf of an optimizer state."""
+  found = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if any(getattr(k, "key", getattr(k, "name", None)) == "count" for k in path):
+      found.append(np.asarray(leaf))
+  return found
 
 
 def test_persistent_nan_rolls_back_once_then_stops(black_steps, tmp_path, capsys):
@@ -164,6 +190,9 @@ def test_persistent_nan_rolls_back_once_then_stops(black_steps, tmp_path, capsys
   assert "rolled back to the checkpoint of step 6" in capsys.readouterr().out
   # Nothing non-finite was saved: steps 3 and 6 only, both intact.
   assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["3", "6"]
+  # Step 8 was logged, rolled back over and run again: one row, not two.
+  steps = [r["step"] for r in _rows(run) if "train/loss" in r]
+  assert steps == [2, 4, 6, 8]
 
 
 def test_evaluate_cli_reads_the_latest_checkpoint(trained, tmp_path):

@@ -19,8 +19,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from mmjax import paths
 from mmjax.train import checkpoint
 
+from tests import gcs
 from tests.subprocesses import ROOT, child_env, write_config
 
 pytestmark = pytest.mark.slow  # kills and restarts training processes
@@ -45,15 +47,16 @@ def config_file(tmp_path_factory):
   return write_config(tmp_path_factory.mktemp("cfg"), "tiny_long.py", CONFIG)
 
 
-def _start(config_file, workdir):
+def _start(config_file, workdir, log_path=None):
   # Output goes to a file, not a pipe nobody reads while the run goes on.
-  log = open(f"{workdir}.log", "w")  # pylint: disable=consider-using-with
+  log_path = log_path or f"{workdir}.log"
+  log = open(log_path, "w")  # pylint: disable=consider-using-with
   proc = subprocess.Popen(
       [sys.executable, "-m", "mmjax.train", f"--config={config_file}",
        f"--workdir={workdir}"],
       cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True)
   log.close()
-  proc.log = f"{workdir}.log"
+  proc.log = log_path
   return proc
 
 
@@ -66,9 +69,8 @@ def _finish(proc, timeout=300) -> str:
 
 
 def _logged_steps(workdir) -> int:
-  try:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      return sum(1 for _ in f)
+  try:  # local or gs://
+    return len(paths.read_text(paths.join(workdir, "metrics.jsonl")).splitlines())
   except FileNotFoundError:
     return 0
 
@@ -78,26 +80,26 @@ def _saving(workdir) -> bool:
   return os.path.isdir(ckpts) and any("tmp" in d for d in os.listdir(ckpts))
 
 
-def _wait(predicate, proc, timeout=120):
+def _wait(predicate, proc, timeout=120, every=0.002):
   deadline = time.monotonic() + timeout
   while not predicate():
     assert proc.poll() is None, "the run ended before it could be interrupted"
     assert time.monotonic() < deadline, "the run made no progress"
-    time.sleep(0.002)
+    time.sleep(every)
 
 
 def _curve(workdir) -> dict:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
+  rows = [json.loads(line) for line in
+          paths.read_text(paths.join(workdir, "metrics.jsonl")).splitlines()]
   steps = [r["step"] for r in rows if "train/loss" in r]
   assert steps == sorted(set(steps)), "a step was logged twice"
   return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
-def _final_params(workdir):
+def _final_params(workdir, steps=STEPS):
   mngr = checkpoint.manager(workdir, read_only=True)
-  assert mngr.latest_step() == STEPS
-  return mngr.restore(STEPS, args=ocp.args.Composite(
+  assert mngr.latest_step() == steps
+  return mngr.restore(steps, args=ocp.args.Composite(
       state=ocp.args.StandardRestore()))["state"]
 
 
@@ -152,3 +154,40 @@ def test_sigterm_saves_at_the_next_step_and_exits_zero(config_file, uninterrupte
   out = _finish(_start(config_file, workdir))
   assert f"Resuming from the checkpoint at step {stopped}" in out
   assert _curve(workdir) == _curve(uninterrupted)
+
+
+GS_STEPS = 16
+GS_CONFIG = f"""
+from tests.train.conftest import tiny_config
+
+def get_config():
+  return tiny_config(total_steps={GS_STEPS}, log_every=1, eval_every=0, checkpoint_every=4)
+"""
+
+
+def test_a_gs_workdir_survives_sigterm_and_sigkill(tmp_path):
+  """A run in a bucket (a local GCS emulator): stopped by SIGTERM, killed, and
+  resumed, it ends with the curve and params of the same run on a local disk
+  that was never interrupted."""
+  config_file = write_config(tmp_path, "tiny_gs.py", GS_CONFIG)
+  local = str(tmp_path / "local")
+  _finish(_start(config_file, local))
+  with gcs.emulator():
+    workdir = f"gs://{gcs.BUCKET}/runs/preempted"
+    log = str(tmp_path / "gs.log")
+    proc = _start(config_file, workdir, log)
+    # Polled every 0.1 s: each read is a request to the emulator.
+    _wait(lambda: _logged_steps(workdir) >= 3, proc, timeout=300, every=0.1)
+    proc.send_signal(signal.SIGTERM)
+    out = _finish(proc)
+    stopped = int(out.split("Stop requested (SIGTERM): saved step ")[1].split()[0])
+    proc = _start(config_file, workdir, log)
+    _wait(lambda: _logged_steps(workdir) > stopped + 5, proc, timeout=300, every=0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = _finish(_start(config_file, workdir, log))
+    resumed = int(out.split("Resuming from the checkpoint at step ")[1].split()[0])
+    assert stopped <= resumed < GS_STEPS
+    assert _curve(workdir) == _curve(local)
+    got, want = (_final_params(w, GS_STEPS) for w in (workdir, local))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
