@@ -152,11 +152,17 @@ def is_damage(error: BaseException) -> bool:
 OK, DAMAGED, FAILED = 0, 1, 2
 
 
-def _agree(verdict: int) -> int:
+def _gather_verdicts(verdict: int) -> np.ndarray:
+  """[processes] every process's verdict on one step (a collective)."""
   if jax.process_count() == 1:
-    return verdict
+    return np.array([verdict])
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return int(np.max(multihost_utils.process_allgather(np.array(verdict, np.int32))))
+  return np.asarray(multihost_utils.process_allgather(np.array(verdict, np.int32)))
+
+
+def _agree(verdict: int) -> int:
+  """The worst verdict of all processes, the same on each."""
+  return int(np.max(_gather_verdicts(verdict)))
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state) -> Restored | None:

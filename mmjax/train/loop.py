@@ -128,16 +128,16 @@ def train(run: Run) -> dict:
                     f"{paths.join(workdir, 'checkpoints')}; rerun the same command "
                     "to continue.")
           return {"preempted": True, "step": step}
+    if last_eval is None:  # resumed at the end: evaluate what is there
+      last_eval = evaluation(run.start, list(evaluators_lib.enabled(config.eval.evaluators)),
+                             state.params)
   finally:
     profiler.close()
     bar.close()
     close_batches()  # stops grain's worker processes
     checkpoint.wait(run.manager)
-    writer.close()
+    writer.close()  # after the last row: nothing writes to a closed writer
 
-  if last_eval is None:  # resumed at the end: evaluate what is there
-    last_eval = evaluation(run.start, list(evaluators_lib.enabled(config.eval.evaluators)),
-                           state.params)
   if run.primary:
     metrics_lib.plot_curves(workdir)
     print(evaluators_lib.format_results(last_eval), flush=True)

@@ -46,7 +46,7 @@ def test_two_processes_match_one_process(config_file, tmp_path):
   cmd = [sys.executable, "-m", "mmjax.train", f"--config={config_file}"]
   out = subprocess.run(  # with the end-of-run reports, as by default
       ["bash", "launch/cpu_multiprocess.sh", "2", "4", *cmd, f"--workdir={multi}",
-       "--config.eval.reports=True"],
+       "--config.eval.reports=True", "--config.checkpoint_every=2"],
       cwd=ROOT, env=_env(MMJAX_LOG_DIR=str(tmp_path / "logs")),
       capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
@@ -68,6 +68,31 @@ def test_two_processes_match_one_process(config_file, tmp_path):
   # finished on both processes and were written once.
   for name in ("recall_curves.png", "retrieval_grid.png", "embeddings_pca.png"):
     assert os.path.isfile(os.path.join(multi, name)), name
+
+  # Truncated array files in step 4 (the per-process databases and the merged
+  # one): both processes fall back to step 2 together, and the damaged step is
+  # kept aside. (tests/train/test_checkpoint.py covers a verdict that differs
+  # between processes.)
+  assert os.path.isdir(os.path.join(multi, "checkpoints", "4", "state", "ocdbt.process_1"))
+  for root, _, files in os.walk(os.path.join(multi, "checkpoints", "4", "state")):
+    if os.path.basename(root) == "d":
+      for name in files:
+        path = os.path.join(root, name)
+        os.truncate(path, os.path.getsize(path) // 2)
+  out = subprocess.run(
+      ["bash", "launch/cpu_multiprocess.sh", "2", "4", *cmd, f"--workdir={multi}",
+       "--config.checkpoint_every=2"],
+      cwd=ROOT, env=_env(MMJAX_LOG_DIR=str(tmp_path / "logs_resume")),
+      capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+  with open(tmp_path / "logs_resume" / "process_1.log") as f:
+    other = f.read()
+  for log in (out.stdout + out.stderr, other):
+    assert "Resuming from the checkpoint at step 2" in log
+  assert "checkpoints/4 is damaged" in other
+  assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["2", "4", "4.unreadable"]
+  assert [v for _, v in _losses(multi)] == pytest.approx([v for _, v in _losses(single)],
+                                                         rel=1e-5)
 
 
 def test_launcher_fails_when_one_process_fails(tmp_path):

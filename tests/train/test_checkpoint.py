@@ -195,6 +195,20 @@ def test_a_failure_that_is_not_damage_stops_and_moves_nothing(tmp_path, monkeypa
   assert tree_bytes(tmp_path) == before
 
 
+def test_a_step_damaged_on_another_process_is_skipped_here_too(tmp_path, monkeypatch,
+                                                               capsys):
+  # Two processes; this one reads step 4 fine, the other reports damage: the
+  # agreed verdict (the worst) makes both restore step 2.
+  mngr = _save_steps(str(tmp_path), [2, 4], keep=3)
+  others = iter([checkpoint.DAMAGED, checkpoint.OK])  # the other process, step 4 then 2
+  monkeypatch.setattr(checkpoint, "_gather_verdicts",
+                      lambda mine: np.array([mine, next(others)]))
+  restored = checkpoint.restore_latest(mngr, _abstract())
+  assert restored.step == 2
+  assert f"{mngr.directory}/4 is damaged (damaged on another process)" in \
+      capsys.readouterr().err
+
+
 def test_every_checkpoint_damaged_stops_with_the_list_and_keeps_the_bytes(tmp_path):
   mngr = _save_steps(str(tmp_path), [2, 4], keep=3)
   for step in ("2", "4"):

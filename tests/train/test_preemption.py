@@ -156,7 +156,7 @@ def test_sigterm_saves_at_the_next_step_and_exits_zero(config_file, uninterrupte
   assert _curve(workdir) == _curve(uninterrupted)
 
 
-GS_STEPS = 16
+GS_STEPS = 24
 GS_CONFIG = f"""
 from tests.train.conftest import tiny_config
 
@@ -182,7 +182,7 @@ def test_a_gs_workdir_survives_sigterm_and_sigkill(tmp_path):
     out = _finish(proc)
     stopped = int(out.split("Stop requested (SIGTERM): saved step ")[1].split()[0])
     proc = _start(config_file, workdir, log)
-    _wait(lambda: _logged_steps(workdir) > stopped + 5, proc, timeout=300, every=0.1)
+    _wait(lambda: _logged_steps(workdir) > stopped + 3, proc, timeout=300, every=0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     out = _finish(_start(config_file, workdir, log))

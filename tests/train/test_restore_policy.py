@@ -120,3 +120,14 @@ def test_a_resume_with_another_tokenizer_is_refused(finished, tmp_path):
   with pytest.raises(pins.PinError, match="every token id would mean another word"):
     loop.train_and_evaluate(_config(), run)
   assert tree_bytes(os.path.join(run, "checkpoints")) == before
+
+
+def test_a_finished_run_rerun_evaluates_its_last_checkpoint_again(finished, tmp_path):
+  run = _copy(finished, tmp_path)
+  result = loop.train_and_evaluate(_config(), run)
+  assert result["step"] == 6
+  with open(os.path.join(run, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  evals = [r for r in rows if "eval/text_to_image_R@1" in r]
+  assert [r["step"] for r in evals] == [6, 6]  # the first run's, and this one's
+  assert evals[1]["eval/text_to_image_R@1"] == evals[0]["eval/text_to_image_R@1"]
