@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from mmjax.data import shapes, shapes_heldout, shapes_zeroshot
-from mmjax.eval import retrieval, retrieval_evaluator
+from mmjax.eval import gallery, retrieval, retrieval_evaluator
 from mmjax.eval.evaluators import EvaluatorConfigError
 from mmjax.eval.pairs import make_pairs, roc_auc
 from mmjax.models.heads.fusion import HEADS, NEEDS_TOKENS
@@ -42,8 +42,8 @@ def _num_images(context) -> int:
 
 
 def _heldout_left_out(num_images: int, num_texts: int) -> dict[str, str]:
-  """retrieval.left_out under HeldOut's names ("heldout/text_to_image_R@10": ...)."""
-  return {HELDOUT + k: v for k, v in retrieval.left_out(num_images, num_texts).items()}
+  """gallery.left_out under HeldOut's names ("heldout/text_to_image_R@10": ...)."""
+  return {HELDOUT + k: v for k, v in gallery.left_out(num_images, num_texts).items()}
 
 
 def _test_split(context) -> dict:
@@ -114,7 +114,7 @@ class HeldOut:
     metrics = retrieval.retrieval_metrics(encoders.encode("image", images),
                                           encoders.encode("text", data["text"]),
                                           data["text_to_image"], warn=False)
-    retrieval.warn_left_out(_heldout_left_out(len(images), len(data["text"])))
+    gallery.warn_left_out(_heldout_left_out(len(images), len(data["text"])))
     out = {HELDOUT + k: v for k, v in metrics.items()}
     out[HELDOUT + "truncated"] = data["truncated"]
     return out

@@ -11,7 +11,7 @@ sorting, so each chunk costs one matmul and two reductions.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +19,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["retrieval_ranks", "retrieval_metrics", "top_k", "format_table",
-           "DEFAULT_KS", "left_out", "left_out_message", "reported", "warn_left_out"]
+from mmjax.eval import gallery
 
-_DIRECTIONS = ("image_to_text", "text_to_image")
-DEFAULT_KS = (1, 5, 10)
-# The left_out dicts already warned about in this process: a run evaluates
-# every eval_every steps, and one line per run says it all.
-_WARNED: set = set()
+__all__ = ["retrieval_ranks", "retrieval_metrics", "top_k", "format_table"]
+
+_DIRECTIONS = gallery.DIRECTIONS
 
 
 @jax.jit
@@ -251,70 +248,6 @@ def retrieval_ranks(image_emb, text_emb, text_to_image, *,
   return i2t_ranks, t2i_ranks
 
 
-def left_out(num_images: int | None, num_texts: int | None,
-             ks: Sequence[int] = DEFAULT_KS,
-             nouns: tuple[str, str] = ("captions", "images")) -> dict[str, str]:
-  """The R@K keys a gallery too small to measure them leaves out, and that gallery.
-
-  A gallery of G < K items has no K-th place: every match is in the top K, so
-  R@K would be 1 by construction, say nothing about the model, and pass for a
-  measurement in a table or plot. It is not reported.
-  Image-to-text ranks among the M captions, text-to-image among the N images.
-
-  Args:
-    num_images: N, the text_to_image gallery. num_texts: M, the image_to_text
-      one. None: not known yet (captions before they are read); not checked.
-    ks: the K of each recall@K.
-    nouns: what the image_to_text and text_to_image galleries hold, for the message.
-
-  Returns:
-    {"<direction>_R@K": "<G> <noun>"} for each K > G, in (direction, K) order,
-    e.g. {"text_to_image_R@10": "8 images"}; empty when every K fits.
-  """
-  out = {}
-  for direction, size, noun in zip(_DIRECTIONS, (num_texts, num_images), nouns):
-    for k in ks:
-      if size is not None and k > size:
-        out[f"{direction}_R@{k}"] = f"{size} {noun}"
-  return out
-
-
-def left_out_message(left: Mapping[str, str]) -> str:
-  """One line naming the keys of `left_out` and their galleries:
-  "text_to_image_R@10 left out: the gallery has 8 images"."""
-  by_gallery = {}
-  for key, gallery in left.items():
-    by_gallery.setdefault(gallery, []).append(key)
-  return "; ".join(f"{', '.join(keys)} left out: the gallery has {gallery}"
-                   for gallery, keys in by_gallery.items())
-
-
-def reported(left: Mapping[str, str], ks: Sequence[int] = DEFAULT_KS) -> list[str]:
-  """The R@K keys still reported in the directions `left` leaves something out
-  of: {"text_to_image_R@10": ...} -> ["text_to_image_R@1", "text_to_image_R@5"].
-  Works on renamed keys too ("heldout/...", "image_to_sketch_R@K")."""
-  directions = dict.fromkeys(key.rsplit("_R@", 1)[0] for key in left)
-  return [f"{d}_R@{k}" for d in directions for k in ks if f"{d}_R@{k}" not in left]
-
-
-def warn_left_out(left: Mapping[str, str], note: str = "") -> bool:
-  """Prints `left_out_message(left)`, why, and `note`, once per process and
-  distinct `left`.
-
-  The same keys left out by the same galleries are not named again, whether
-  first at start-up (an evaluator's constructor) or at the first evaluation.
-  Only process 0 prints. Returns whether it printed.
-  """
-  seen = tuple(sorted(left.items()))
-  if not left or seen in _WARNED:
-    return False
-  _WARNED.add(seen)
-  if jax.process_index() == 0:
-    print(f"WARNING: {left_out_message(left)} (R@K needs a gallery of at least K "
-          f"items){note}.", flush=True)
-  return True
-
-
 def retrieval_metrics(image_emb, text_emb, text_to_image, *,
                       ks: Sequence[int] | None = None,
                       chunk_size: int = 1024, warn: bool = True) -> dict[str, float]:
@@ -328,7 +261,7 @@ def retrieval_metrics(image_emb, text_emb, text_to_image, *,
 
   A small gallery is legitimate: with the default ks, an R@K whose gallery
   holds fewer than K items (1 by construction) is left out of the result, and
-  `warn_left_out` names it once. K passed explicitly must fit: the caller
+  `gallery.warn_left_out` names it once. K passed explicitly must fit: the caller
   asked for that number.
 
   Args:
@@ -343,7 +276,7 @@ def retrieval_metrics(image_emb, text_emb, text_to_image, *,
 
   Returns:
     {"image_to_text_R@K", "text_to_image_R@K" for K in ks (fractions in [0, 1];
-     with default ks, only K <= the direction's gallery: see `left_out`),
+     with default ks, only K <= the direction's gallery: see `gallery.left_out`),
      "image_to_text_mean_rank", "image_to_text_median_rank",
      "text_to_image_mean_rank", "text_to_image_median_rank" (1-based)}, all
     Python floats.
@@ -353,26 +286,26 @@ def retrieval_metrics(image_emb, text_emb, text_to_image, *,
       that is larger than a gallery.
   """
   explicit = ks is not None
-  ks = tuple(ks) if explicit else DEFAULT_KS
+  ks = tuple(ks) if explicit else gallery.DEFAULT_KS
   for k in ks:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
       raise ValueError(f"each K in ks must be a positive int, got {k!r}.")
   # Shape checks are cheap; do them before any device work so a bad K fails fast.
   n, m = (np.shape(x)[0] if np.ndim(x) else 0 for x in (image_emb, text_emb))
   for k in ks if explicit else ():
-    for direction, gallery, size in (("image_to_text", "captions", m),
-                                     ("text_to_image", "images", n)):
+    for direction, noun, size in (("image_to_text", "captions", m),
+                                  ("text_to_image", "images", n)):
       if size > 0 and k > size:
         raise ValueError(
             f"K={k} in ks is larger than the {direction} gallery ({size} "
-            f"{gallery}): R@{k} would be 1 by construction; drop K={k} from ks "
+            f"{noun}): R@{k} would be 1 by construction; drop K={k} from ks "
             "or evaluate on a larger set.")
 
   ranks = retrieval_ranks(image_emb, text_emb, text_to_image,
                           chunk_size=chunk_size)
-  skipped = left_out(n, m, ks)
+  skipped = gallery.left_out(n, m, ks)
   if warn:
-    warn_left_out(skipped)
+    gallery.warn_left_out(skipped)
   metrics = {}
   for direction, r in zip(_DIRECTIONS, ranks):
     for k in ks:
@@ -389,7 +322,7 @@ def format_table(metrics: dict[str, float],
 
   One row per direction (named by `labels`); columns R@K for each K present
   in either direction (ascending), then mean_rank and median_rank. A K one
-  direction left out (its gallery is smaller than K: see `left_out`) shows
+  direction left out (its gallery is smaller than K: see `gallery.left_out`) shows
   "-" there. Extra keys (e.g. `step`) are ignored.
   """
   ks = sorted({int(key[len(d) + 3:]) for d in _DIRECTIONS for key in metrics

@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from mmjax.eval import reports, retrieval
+from mmjax.eval import gallery, reports, retrieval
 from mmjax.eval.evaluators import EvaluatorConfigError
 
 # Test-split fields with several rows per image, and the key of their image index.
@@ -32,24 +32,24 @@ def _noun(modality: str) -> str:
 
 
 def left_out(a: str, b: str, num_a: int, num_b: int | None) -> dict[str, str]:
-  """retrieval.left_out for the pair (a, b) scored as (image, text): a's N = num_a
+  """gallery.left_out for the pair (a, b) scored as (image, text): a's N = num_a
   items query b's M = num_b (None: not counted yet) and back; keys renamed as
   `rename` does."""
-  left = retrieval.left_out(num_a, num_b, retrieval.DEFAULT_KS, nouns=(_noun(b), _noun(a)))
+  left = gallery.left_out(num_a, num_b, gallery.DEFAULT_KS, nouns=(_noun(b), _noun(a)))
   return rename(left, a, b)
 
 
 def warn_small_gallery(left: dict[str, str], n: int, size: int, num_images: int) -> None:
   """At construction, before anything compiles: the R@K a small test split
-  leaves out (`left`, see retrieval.left_out), those it reports, and over
+  leaves out (`left`, see gallery.left_out), those it reports, and over
   what: the first n of the split's `size` images (num_images:
   config.eval.num_images)."""
   if not left:
     return
   where = (f"the first {n} of {size} test images (config.eval.num_images={num_images})"
            if n < size else f"all {size} test images")
-  retrieval.warn_left_out(
-      left, f"; reported: {', '.join(retrieval.reported(left))}, over {where}")
+  gallery.warn_left_out(
+      left, f"; reported: {', '.join(gallery.reported(left))}, over {where}")
 
 
 class Retrieval:
@@ -98,7 +98,7 @@ class Retrieval:
              else np.arange(len(test[fb]), dtype=np.int32))
     # Warned here under the names this evaluator writes, not the contract's.
     metrics = retrieval.retrieval_metrics(emb[a], emb[b], owner, warn=False)
-    retrieval.warn_left_out(left_out(a, b, len(emb[a]), len(emb[b])))
+    gallery.warn_left_out(left_out(a, b, len(emb[a]), len(emb[b])))
     return rename(metrics, a, b)
 
   def report(self, workdir: str) -> list[str]:

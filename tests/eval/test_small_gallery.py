@@ -11,7 +11,7 @@ from PIL import Image
 
 from mmjax import configs
 from mmjax.data import pipeline, prepare
-from mmjax.eval import evaluators, retrieval
+from mmjax.eval import evaluators, gallery, retrieval
 from mmjax.eval.evaluators import EvaluatorConfigError
 from mmjax.eval.retrieval_evaluator import Retrieval
 from mmjax.train import build
@@ -28,7 +28,7 @@ SMALL_KEYS = {"image_to_text_R@1", "image_to_text_R@5", "image_to_text_R@10",
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
   """Each test sees its warnings printed: the once-per-process memory starts empty."""
-  monkeypatch.setattr(retrieval, "_WARNED", set())
+  monkeypatch.setattr(gallery, "_WARNED", set())
 
 
 def _eight_images(seed=0, captions=3, d=6):
@@ -81,15 +81,15 @@ def test_both_directions_can_lose_keys():
 
 
 def test_left_out_names_each_key_with_its_gallery():
-  assert retrieval.left_out(8, 24) == {"text_to_image_R@10": "8 images"}
-  assert retrieval.left_out(10, 10) == {}  # K = gallery size fits
-  left = retrieval.left_out(2, 6)
+  assert gallery.left_out(8, 24) == {"text_to_image_R@10": "8 images"}
+  assert gallery.left_out(10, 10) == {}  # K = gallery size fits
+  left = gallery.left_out(2, 6)
   assert left == {"image_to_text_R@10": "6 captions", "text_to_image_R@5": "2 images",
                   "text_to_image_R@10": "2 images"}
-  assert retrieval.left_out_message(left) == (
+  assert gallery.left_out_message(left) == (
       "image_to_text_R@10 left out: the gallery has 6 captions; text_to_image_R@5, "
       "text_to_image_R@10 left out: the gallery has 2 images")
-  assert retrieval.reported(left) == ["image_to_text_R@1", "image_to_text_R@5",
+  assert gallery.reported(left) == ["image_to_text_R@1", "image_to_text_R@5",
                                       "text_to_image_R@1"]
 
 
