@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.subprocesses import ROOT, child_env, write_config
+from tests.train.conftest import truncate_arrays
 
 pytestmark = pytest.mark.slow  # launches several JAX processes
 
@@ -127,12 +128,6 @@ def test_checkpoint_resumes_on_another_mesh_and_process_count(config_file, tmp_p
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert "Resuming from the checkpoint at step 4" in out.stdout + out.stderr
     return workdir, dict(_losses(workdir))
-
-  def truncate_arrays(step_dir):  # the per-process databases' and the merged one's
-    for root, _, files in os.walk(os.path.join(step_dir, "state")):
-      if os.path.basename(root) == "d":
-        for name in files:
-          os.truncate(os.path.join(root, name), os.path.getsize(os.path.join(root, name)) // 2)
 
   _, one = resume("one_process", [], eight, shutil.rmtree)
   # Two processes find step 5 damaged: both fall back to step 4 together, and

@@ -50,3 +50,14 @@ def tree_bytes(root) -> dict:
       with open(path, "rb") as f:
         out[os.path.relpath(path, root)] = f.read()
   return out
+
+
+def truncate_arrays(step_dir) -> None:
+  """Cuts every array data file of a checkpoint step's state item to half its
+  size: the per-process OCDBT databases' and the merged one's (`state/d/`),
+  which finalising a save may fill instead."""
+  for where, _, files in os.walk(os.path.join(step_dir, "state")):
+    if os.path.basename(where) == "d":
+      for name in files:
+        path = os.path.join(where, name)
+        os.truncate(path, os.path.getsize(path) // 2)

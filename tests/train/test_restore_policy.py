@@ -16,7 +16,7 @@ from mmjax.train import checkpoint
 from mmjax.train import loop
 from mmjax.train import pins
 
-from tests.train.conftest import tiny_config, tree_bytes
+from tests.train.conftest import tiny_config, tree_bytes, truncate_arrays
 
 pytestmark = pytest.mark.slow  # trains the tiny model several times
 
@@ -41,18 +41,6 @@ def _copy(src, tmp_path) -> str:
   return dst
 
 
-def _truncate_arrays(step_dir):
-  """Cuts every array data file of a step's state item to half its size: the
-  per-process OCDBT databases' and the merged one's (`state/d/`), which
-  finalising a save may fill instead."""
-  for root, _, files in os.walk(os.path.join(step_dir, "state")):
-    for name in files:
-      if os.path.basename(root) == "d":
-        path = os.path.join(root, name)
-        with open(path, "r+b") as f:
-          f.truncate(os.path.getsize(path) // 2)
-
-
 def _params(workdir, step):
   mngr = checkpoint.manager(workdir, read_only=True)
   return mngr.restore(step, args=ocp.args.Composite(
@@ -69,7 +57,7 @@ def test_a_truncated_newest_checkpoint_resumes_from_the_one_before(finished, tmp
                                                                    capsys):
   run = _copy(finished, tmp_path)
   damaged = os.path.join(run, "checkpoints", "6")
-  _truncate_arrays(damaged)
+  truncate_arrays(damaged)
   damaged_bytes = tree_bytes(damaged)
   loop.train_and_evaluate(_config(), run)
   out = capsys.readouterr()
@@ -86,7 +74,7 @@ def test_a_truncated_newest_checkpoint_resumes_from_the_one_before(finished, tmp
 def test_every_checkpoint_damaged_stops_and_changes_nothing(finished, tmp_path):
   run = _copy(finished, tmp_path)
   for step in ("3", "6"):
-    _truncate_arrays(os.path.join(run, "checkpoints", step))
+    truncate_arrays(os.path.join(run, "checkpoints", step))
   before = tree_bytes(run)
   with pytest.raises(checkpoint.NoReadableCheckpointError) as err:
     loop.train_and_evaluate(_config(), run)
