@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import numpy as np
 
 from mmjax import paths
 from mmjax.eval import evaluators as evaluators_lib
@@ -61,6 +62,8 @@ def setup(config, workdir: str) -> Run:
   model = build.model(config, tok)
   loss_fn = build.loss_fn(config, terms, mesh)
   # A resumed student reads the teacher step its checkpoints pin, not the latest.
+  import time
+  if jax.process_index() == 1: time.sleep(8)
   pinned_teacher = pins.teacher_step(_latest_data(workdir))
   # Read and checked before compiling; its params are an input of every step.
   teacher = teacher_lib.load(config, terms, mesh, tok, step=pinned_teacher)  # None: none
@@ -112,7 +115,14 @@ def setup(config, workdir: str) -> Run:
 def _latest_data(workdir: str) -> dict | None:
   """The newest readable checkpoint's data item (None without checkpoints),
   read without creating anything: a config refused later leaves no trace."""
-  if not paths.isdir(paths.join(workdir, "checkpoints")):
+  exists = paths.isdir(paths.join(workdir, "checkpoints"))
+  if jax.process_count() > 1:
+    # Every process takes process 0's answer. Process 0 creates the directory
+    # just after this (checkpoint.manager); a process that looked later would
+    # see it, open a read-only manager and enter a different collective.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    exists = bool(multihost_utils.broadcast_one_to_all(np.array(exists)))
+  if not exists:
     return None
   return checkpoint.latest_data(checkpoint.manager(workdir, read_only=True))
 

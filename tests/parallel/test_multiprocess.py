@@ -42,12 +42,28 @@ def config_file(tmp_path_factory):
   return write_config(tmp_path_factory.mktemp("cfg"), "tiny_mp.py", CONFIG)
 
 
+# mmjax.train with process 1 late to look for checkpoints: process 0 creates the
+# directory meanwhile, and both must still take the same path through setup
+# (they once entered different collectives and stopped with a sync mismatch).
+LAGGING_TRAIN = """
+import os, runpy, time
+from mmjax import paths
+_isdir = paths.isdir
+def isdir(path):
+  if os.environ["MMJAX_PROCESS_ID"] == "1" and str(path).endswith("checkpoints"):
+    time.sleep(5)
+  return _isdir(path)
+paths.isdir = isdir
+runpy.run_module("mmjax.train", run_name="__main__", alter_sys=True)
+"""
+
+
 def test_two_processes_match_one_process(config_file, tmp_path):
   multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
   cmd = [sys.executable, "-m", "mmjax.train", f"--config={config_file}"]
   out = subprocess.run(  # with the end-of-run reports, as by default
-      ["bash", "launch/cpu_multiprocess.sh", "2", "4", *cmd, f"--workdir={multi}",
-       "--config.eval.reports=True"],
+      ["bash", "launch/cpu_multiprocess.sh", "2", "4", sys.executable, "-c", LAGGING_TRAIN,
+       f"--config={config_file}", f"--workdir={multi}", "--config.eval.reports=True"],
       cwd=ROOT, env=_env(MMJAX_LOG_DIR=str(tmp_path / "logs")),
       capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
