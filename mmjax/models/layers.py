@@ -6,6 +6,7 @@ of rules in `mmjax.parallel.partitioning` maps those names onto mesh axes; the
 modules here never mention a mesh.
 """
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -44,6 +45,28 @@ def logical(init: Callable, *names: str | None) -> Callable:
   return wrapper
 
 
+def quick_gelu(x):
+  """x * sigmoid(1.702 x): the GELU approximation OpenAI's CLIP was trained with."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+# The MLP activations of the released model families: "gelu_tanh" (big_vision,
+# SigLIP, HF "gelu_pytorch_tanh"), "gelu" (exact erf; open_clip's non-OpenAI
+# models) and "quick_gelu" (OpenAI CLIP). A checkpoint computes what it was
+# trained with only under its own.
+ACTIVATIONS = {
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+    "gelu": functools.partial(nn.gelu, approximate=False),
+    "quick_gelu": quick_gelu,
+}
+
+
+def activation(name: str) -> Callable:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
+  return ACTIVATIONS[name]
+
+
 def constrain(x: jax.Array, *names: str | None) -> jax.Array:
   """Pins an activation's layout by logical names (a no-op without rules/mesh)."""
   return nn.with_logical_constraint(x, names)
@@ -59,13 +82,17 @@ def LayerNorm(dtype: Dtype = jnp.float32, name: str | None = None,  # noqa: N802
 
 
 class MlpBlock(nn.Module):
-  """Transformer MLP: Dense(mlp_dim) -> GELU -> Dense(width).
+  """Transformer MLP: Dense(mlp_dim) -> activation -> Dense(width).
+
+  act: a name in ACTIVATIONS (default the tanh-approximate GELU: one fused
+  elementwise op on every backend).
 
   x: [B, T, width] -> [B, T, width]
   """
 
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  act: str = "gelu_tanh"
 
   @nn.compact
   def __call__(self, x):
@@ -78,8 +105,7 @@ class MlpBlock(nn.Module):
         name="fc1",
     )(x)
     h = constrain(h, "batch", "length", "mlp")
-    # tanh-approximate GELU: one fused elementwise op on every backend.
-    h = nn.gelu(h, approximate=True)
+    h = activation(self.act)(h)
     return nn.Dense(
         width,
         dtype=self.dtype,
@@ -147,20 +173,24 @@ class SelfAttention(nn.Module):
 class EncoderBlock(nn.Module):
   """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
 
+  act, ln_eps: the MLP activation (ACTIVATIONS) and LayerNorm epsilon.
+
   x: [B, T, width] -> [B, T, width]
   """
 
   num_heads: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x, mask=None):
     x = constrain(x, "batch", "length", "embed")
-    y = LayerNorm(dtype=self.dtype, name="ln1")(x)
+    y = LayerNorm(dtype=self.dtype, name="ln1", epsilon=self.ln_eps)(x)
     x = x + SelfAttention(self.num_heads, dtype=self.dtype, name="attn")(y, mask)
-    y = LayerNorm(dtype=self.dtype, name="ln2")(x)
-    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
+    y = LayerNorm(dtype=self.dtype, name="ln2", epsilon=self.ln_eps)(x)
+    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, act=self.act, name="mlp")(y)
     return x
 
 
@@ -178,17 +208,21 @@ class Encoder(nn.Module):
   mlp_dim: int
   dtype: Dtype = jnp.float32
   remat: bool = False
+  act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x, mask=None):
     block = nn.remat(EncoderBlock) if self.remat else EncoderBlock
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_dim, dtype=self.dtype, name=f"block{i}")(x, mask)
-    return LayerNorm(dtype=self.dtype, name="ln_final")(x)
+      x = block(self.num_heads, self.mlp_dim, dtype=self.dtype, act=self.act,
+                ln_eps=self.ln_eps, name=f"block{i}")(x, mask)
+    return LayerNorm(dtype=self.dtype, name="ln_final", epsilon=self.ln_eps)(x)
 
 
 class MAPHead(nn.Module):
-  """Multihead attention pooling: one learned query attends over all tokens.
+  """Multihead attention pooling: one learned query attends over all tokens,
+  then a residual MLP (big_vision's MAPHead, SigLIP's image pooling).
 
   x: [B, T, width] -> [B, width]
   """
@@ -196,6 +230,8 @@ class MAPHead(nn.Module):
   num_heads: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x):
@@ -213,6 +249,6 @@ class MAPHead(nn.Module):
     y = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out",
                         kernel_init=logical(DEFAULT_KERNEL_INIT, "heads", "kv", "embed"),
                         bias_init=logical(nn.initializers.zeros, "embed"))(y)
-    y = y + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(
-        LayerNorm(dtype=self.dtype, name="ln")(y))
+    y = y + MlpBlock(self.mlp_dim, dtype=self.dtype, act=self.act, name="mlp")(
+        LayerNorm(dtype=self.dtype, name="ln", epsilon=self.ln_eps)(y))
     return y[:, 0]

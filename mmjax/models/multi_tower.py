@@ -39,13 +39,22 @@ def l2_normalize(x, eps=1e-6):
   return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
-def tower_input(x):
-  """uint8 pixels [0, 255] -> float [-1, 1]; anything else passes unchanged.
+def tower_input(x, mean=None, std=None):
+  """uint8 pixels [0, 255] -> float (x / 255 - mean) / std per channel, by
+  default [-1, 1] (mean = std = 0.5); anything else passes unchanged.
 
   Normalising on the device lets the input pipeline ship uint8: 4x fewer bytes.
+  A released model keeps its family's mean and std (CLIP's are not 0.5).
   """
   if x.dtype == jnp.uint8:
-    x = x.astype(jnp.float32) * (2 / 255) - 1
+    if mean is None:
+      return x.astype(jnp.float32) * (2 / 255) - 1
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    x = (x.astype(jnp.float32) / 255 - mean) / std
+  return x
+
+
+def _identity(x):
   return x
 
 
@@ -67,7 +76,11 @@ class MultiTower(nn.Module):
   Attributes:
     towers: modality -> tower spec: `kind` (registry.TOWERS name or dotted
       path), optional `input` (the batch key it reads; default the modality
-      name), the rest the tower's attributes.
+      name), `proj` (default True: a Dense into the shared space; False: the
+      pooled features are the embedding, as SigLIP's image tower) and
+      `proj_bias` (default False; True for big_vision's `head`), `pixel_mean`
+      and `pixel_std` (per-channel, for uint8 images; default 0.5, 0.5: [-1,
+      1]), the rest the tower's attributes.
     heads: head name -> spec: `kind` (registry.HEADS or dotted path) and attributes.
     embed_dim: size D of the shared space.
     temperature_init: initial logit scale (> 0): CLIP 1/0.07, SigLIP 10;
@@ -90,14 +103,19 @@ class MultiTower(nn.Module):
   teacher_dim: int | None = None
 
   def setup(self):
+    pixels = {}
     for modality, spec in self.towers.items():
       spec = dict(spec)
       cls = registry.tower_class(spec.pop("kind", None), modality)
       spec.pop("input", None)
+      proj, proj_bias = spec.pop("proj", True), spec.pop("proj_bias", False)
+      pixels[modality] = (spec.pop("pixel_mean", None), spec.pop("pixel_std", None))
       setattr(self, f"{modality}_tower", cls(**_with_dtype(cls, spec, self.dtype)))
       setattr(self, f"{modality}_proj", nn.Dense(
-          self.embed_dim, use_bias=False, dtype=self.dtype,
-          kernel_init=logical(layers.DEFAULT_KERNEL_INIT, "embed", "joint")))
+          self.embed_dim, use_bias=proj_bias, dtype=self.dtype,
+          kernel_init=logical(layers.DEFAULT_KERNEL_INIT, "embed", "joint"),
+          bias_init=logical(nn.initializers.zeros, "joint")) if proj else _identity)
+    self.pixels = pixels
     for name, spec in self.heads.items():
       spec = dict(spec)
       cls = registry.head_class(spec.pop("kind", None), name)
@@ -141,9 +159,10 @@ class MultiTower(nn.Module):
     """
     tower = getattr(self, f"{modality}_tower")
     proj = getattr(self, f"{modality}_proj")
+    x = tower_input(x, *self.pixels[modality])
     if not tokens:
-      return {"z": l2_normalize(proj(tower(tower_input(x))))}
-    pooled, seq = tower(tower_input(x), return_sequence=True)
+      return {"z": l2_normalize(proj(tower(x)))}
+    pooled, seq = tower(x, return_sequence=True)
     out = {"z": l2_normalize(proj(pooled)), "tokens": seq}
     if hasattr(tower, "pad_id") and jnp.issubdtype(x.dtype, jnp.integer):
       out["mask"] = x != tower.pad_id

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from mmjax.models import layers
 from mmjax.models.layers import logical
 
-POOLS = ("eos", "first", "mean")
+POOLS = ("eos", "first", "mean", "last", "argmax")
 
 
 class TextTransformer(nn.Module):
@@ -22,8 +22,14 @@ class TextTransformer(nn.Module):
     causal: each token attends only to itself and earlier tokens (CLIP); then
       "eos" pooling sees the whole caption.
     pool: "eos" (the last non-padding token, where the tokenizer puts EOS),
-      "first" (the first token) or "mean" (mean over non-padding tokens).
+      "first" (the first token), "mean" (mean over non-padding tokens), "last"
+      (the last position, padding or not: big_vision / SigLIP, whose captions
+      are padded to a fixed length) or "argmax" (the position of the largest
+      id, where CLIP's end-of-text token, the last in its vocabulary, sits).
     pad_id: the id that marks padding.
+    mask_padding: padded keys are not attended to. False computes what SigLIP
+      does (no attention mask: padding tokens are ordinary inputs).
+    act, ln_eps: MLP activation (layers.ACTIVATIONS) and LayerNorm epsilon.
 
   tokens: [B, L] int -> [B, width] float; with return_sequence=True, (that,
   [B, L, width] float): every position's output, padding included (mask it with
@@ -39,6 +45,9 @@ class TextTransformer(nn.Module):
   causal: bool = True
   pool: str = "eos"
   pad_id: int = 0
+  mask_padding: bool = True
+  act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
   dtype: str = "float32"
   remat: bool = False
 
@@ -64,15 +73,22 @@ class TextTransformer(nn.Module):
                      (self.context_length, self.width))
     x = x + pos[None, :length].astype(self.dtype)
 
-    mask = valid[:, None, None, :]  # keys: [B, 1, 1, L]
+    mask = valid[:, None, None, :] if self.mask_padding else None  # keys: [B, 1, 1, L]
     if self.causal:
-      mask = mask & jnp.tril(jnp.ones((length, length), bool))[None, None]
+      causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+      mask = causal if mask is None else mask & causal
     mlp_dim = self.mlp_dim or 4 * self.width
     x = layers.Encoder(self.depth, self.num_heads, mlp_dim, dtype=self.dtype,
-                       remat=self.remat, name="encoder")(x, mask)
+                       remat=self.remat, act=self.act, ln_eps=self.ln_eps,
+                       name="encoder")(x, mask)
 
     if self.pool == "first":
       pooled = x[:, 0]
+    elif self.pool == "last":
+      pooled = x[:, -1]
+    elif self.pool == "argmax":
+      at = jnp.argmax(tokens, axis=-1)  # the first occurrence of the largest id
+      pooled = jnp.take_along_axis(x, at[:, None, None], axis=1)[:, 0]
     elif self.pool == "mean":
       w = valid.astype(x.dtype)[..., None]
       pooled = (x * w).sum(1) / jnp.maximum(w.sum(1), 1)

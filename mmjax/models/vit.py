@@ -53,6 +53,13 @@ class ViT(nn.Module):
     stem: "patch" (non-overlapping patches, one linear map) or "conv" (ConvStem).
     ln_pre: a LayerNorm on the token sequence before the first block, as in
       CLIP's ViT (and open_clip's), so its checkpoints' layout can be matched.
+    patch_bias: the patch embedding has a bias (big_vision, SigLIP) or not (CLIP).
+    cls_position: with pool="cls", the class token has a position embedding of
+      its own (CLIP: [1, P + 1, width], added after the token is prepended)
+      rather than none (big_vision's "tok": added to the patches only).
+    act, ln_eps: MLP activation (layers.ACTIVATIONS) and LayerNorm epsilon:
+      "gelu_tanh", 1e-6 for big_vision / SigLIP; "quick_gelu" or "gelu", 1e-5
+      for CLIP.
     dtype: compute dtype; parameters stay float32.
     remat: recompute block activations in the backward pass.
 
@@ -69,6 +76,10 @@ class ViT(nn.Module):
   pool: str = "gap"
   stem: str = "patch"
   ln_pre: bool = False
+  patch_bias: bool = True
+  cls_position: bool = False
+  act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
   dtype: str = "float32"
   remat: bool = False
 
@@ -89,26 +100,35 @@ class ViT(nn.Module):
     else:
       x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
       x = x.reshape(b, (h // p) * (w // p), p * p * c).astype(self.dtype)
-    x = nn.Dense(self.width, dtype=self.dtype, name="embedding",
+    x = nn.Dense(self.width, dtype=self.dtype, name="embedding", use_bias=self.patch_bias,
                  kernel_init=logical(layers.DEFAULT_KERNEL_INIT, None, "embed"),
                  bias_init=logical(nn.initializers.zeros, "embed"))(x)
+    with_cls = self.pool == "cls"
+    if with_cls and self.cls_position:
+      x = self._prepend_cls(x)
     pos = self.param("pos_embedding", logical(layers.EMBED_INIT, None, None, "embed"),
                      (1, x.shape[1], self.width))
     x = x + pos.astype(self.dtype)
-    if self.pool == "cls":
-      cls = self.param("cls", logical(nn.initializers.zeros, None, None, "embed"),
-                       (1, 1, self.width))
-      x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(self.dtype), x],
-                          axis=1)
+    if with_cls and not self.cls_position:
+      x = self._prepend_cls(x)
     if self.ln_pre:
-      x = layers.LayerNorm(dtype=self.dtype, name="ln_pre")(x)
+      x = layers.LayerNorm(dtype=self.dtype, name="ln_pre", epsilon=self.ln_eps)(x)
     mlp_dim = self.mlp_dim or 4 * self.width
     x = layers.Encoder(self.depth, self.num_heads, mlp_dim, dtype=self.dtype,
-                       remat=self.remat, name="encoder")(x)
+                       remat=self.remat, act=self.act, ln_eps=self.ln_eps, name="encoder")(x)
     if self.pool == "gap":
       pooled = x.mean(axis=1)
     elif self.pool == "cls":
       pooled, x = x[:, 0], x[:, 1:]
     else:
-      pooled = layers.MAPHead(self.num_heads, mlp_dim, dtype=self.dtype, name="map_head")(x)
+      pooled = layers.MAPHead(self.num_heads, mlp_dim, dtype=self.dtype, act=self.act,
+                              ln_eps=self.ln_eps, name="map_head")(x)
     return (pooled, x) if return_sequence else pooled
+
+  def _prepend_cls(self, x):
+    """x: [B, P, width] -> [B, 1 + P, width], the learned class token first."""
+    b = x.shape[0]
+    cls = self.param("cls", logical(nn.initializers.zeros, None, None, "embed"),
+                     (1, 1, self.width))
+    return jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(self.dtype), x],
+                           axis=1)
