@@ -40,7 +40,7 @@ LONGEST_FIRST = (
     "parallel/test_multiprocess.py", "train/test_distill.py",
     "parallel/test_sharded_training.py", "train/test_preemption.py",
     "train/test_loop.py", "train/test_matching.py", "train/test_warm_start.py",
-    "train/test_image_text.py", "train/test_restore_policy.py",
+    "train/test_image_text.py", "train/test_restore_policy.py", "hub/test_released_runs.py",
 )
 
 

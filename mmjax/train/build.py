@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from mmjax import configs, losses, paths
-from mmjax.data import image_text, pipeline, tokenizer as tokenizer_lib, wordpiece
+from mmjax.data import image_text, pipeline, released_text, tokenizer as tokenizer_lib, wordpiece
 from mmjax.eval import evaluators as evaluators_lib
 from mmjax.models import multi_tower, pretrained, registry as model_registry
 from mmjax.parallel import mesh as mesh_lib
@@ -133,7 +133,9 @@ def loss_fn(config, terms: dict[str, losses.Term], mesh: jax.sharding.Mesh):
 def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer | wordpiece.WordPieceTokenizer:
   """The run's tokenizer: config.data.tokenizer if given, else one trained once.
 
-  Given: "minilm" (all-MiniLM-L6-v2's WordPiece, from its package), a BERT
+  Given: a released model's tokenizer directory (`mmjax_tokenizer.json`
+  and its vocabulary, as python -m mmjax.import_weights writes it), "minilm"
+  (all-MiniLM-L6-v2's WordPiece, from its package), a BERT
   model directory, tokenizer.json or vocab.txt (a WordPieceTokenizer, for a
   pretrained BERT text tower), or a sentencepiece .model. Else shapes: trained
   on its captions, cached in `workdir/tokenizer`; a prepared dataset: trained
@@ -142,6 +144,8 @@ def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer | wordpiece.WordP
   pad_id interface.
   """
   name = config.data.tokenizer
+  if name and released_text.is_saved(name):  # a released model's, kept with its workdir
+    return released_text.ReleasedTokenizer.load(name)
   if name == pretrained.MINILM:
     return wordpiece.WordPieceTokenizer(pretrained.minilm_files().root)
   if name and (os.path.isdir(name) or name.endswith((".json", ".txt"))):
@@ -168,6 +172,10 @@ def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer | wordpiece.WordP
       data.vocab_size)
 
 
+# Keys of a tower spec that the MultiTower reads itself (the rest are the tower's).
+TOWER_SPEC_KEYS = {"kind", "input", "proj", "proj_bias", "pixel_mean", "pixel_std"}
+
+
 def model(config, tok=None, *, vocab_size: int | None = None, pad_id: int | None = None):
   """The model of config.model (config.model.name, default the MultiTower).
 
@@ -189,7 +197,7 @@ def model(config, tok=None, *, vocab_size: int | None = None, pad_id: int | None
     for key in (*_FROM_RUN, "remat", "dtype"):
       if key in fields and key not in spec and run[key] is not None:
         spec[key] = run[key]
-    unknown = sorted(set(spec) - set(fields) - {"kind", "input"}) if fields else []
+    unknown = sorted(set(spec) - set(fields) - TOWER_SPEC_KEYS) if fields else []
     if unknown:
       raise configs.ConfigError(
           f"config.model.towers.{modality} has {unknown}, which the {spec['kind']!r} tower "

@@ -85,11 +85,19 @@ def check_resume_config(saved: dict, config, where: str) -> None:
 EVAL_KEYS = ("model.", "data.", "dtype:")
 
 
+# data.* keys that choose what to evaluate on, not what the model computes: a
+# checkpoint may be scored on another dataset (the tokenizer pin still guards
+# the meaning of token ids).
+EVAL_DATA_CHOICE = ("data.name:", "data.data_dir:", "data.train_split:", "data.eval_split:",
+                    "data.prefetch:", "data.num_workers:", "data.crop_scale:", "data.flip:")
+
+
 def check_eval_config(saved: dict, config, where: str) -> None:
   """Raises ConfigChangedError if `config` differs from the checkpoint's in a
-  setting that changes what the model computes (model.*, data.*, dtype)."""
+  setting that changes what the model computes (model.*, data.* except the
+  dataset's choice, dtype)."""
   lines = [l for l in config_changes.diff(saved, config.to_dict())
-           if l.strip().startswith(EVAL_KEYS)]
+           if l.strip().startswith(EVAL_KEYS) and not l.strip().startswith(EVAL_DATA_CHOICE)]
   if lines:
     raise ConfigChangedError(
         f"the checkpoint in {where} was trained with a different model or data config "

@@ -26,13 +26,18 @@ def tiny_config(**overrides):
   c.eval.num_images = 20
   c.eval.batch_size = 20
   c.eval.reports = False  # plotting costs seconds per run; test_loop turns it on
-  for key, value in overrides.items():
-    node = c
+  return override(c, **overrides)
+
+
+def override(config, **changes):
+  """config with each dotted key ("optim.lr") set to its value, as --config.KEY=V does."""
+  for key, value in changes.items():
+    node = config
     *parents, leaf = key.split(".")
     for p in parents:
       node = node[p]
     node[leaf] = value
-  return c
+  return config
 
 
 @pytest.fixture

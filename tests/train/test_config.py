@@ -50,6 +50,10 @@ def test_unknown_dataset_is_named():
     build.check(tiny_config(**{"data.name": "coco"}))
 
 
+# Experiments whose config is a released model's workdir (`--config FILE.py:DIR`).
+FROM_A_WORKDIR = ("released_eval", "released_finetune")
+
+
 def test_experiment_files_are_valid():
   import importlib.util
   import pathlib
@@ -60,6 +64,10 @@ def test_experiment_files_are_valid():
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if path.stem in FROM_A_WORKDIR:  # tested with a workdir in tests/hub/test_released_runs.py
+      with pytest.raises(ValueError, match="workdir after the config file"):
+        module.get_config()
+      continue
     config = module.get_config()
     if config.data.name == "shapes":
       build.check(config)
@@ -67,3 +75,17 @@ def test_experiment_files_are_valid():
       configs.validate(config)
       with pytest.raises((ValueError, FileNotFoundError), match="data"):
         build.check(config)
+
+
+def test_evaluation_may_choose_another_dataset_but_not_another_model():
+  """mmjax.evaluate scores a checkpoint on any prepared dataset (a released
+  model on COCO), but refuses a change to what the model computes."""
+  from mmjax.train import faults
+  saved = tiny_config().to_dict()
+  other_data = tiny_config(**{"data.name": "coco", "data.data_dir": "/data/tfds",
+                              "data.eval_split": "val"})
+  faults.check_eval_config(saved, other_data, "runs/x")  # no error
+  for key, value in (("data.image_size", 32), ("data.context_length", 12),
+                     ("model.towers.text.pool", "mean")):
+    with pytest.raises(faults.ConfigChangedError, match=key):
+      faults.check_eval_config(saved, tiny_config(**{key: value}), "runs/x")
