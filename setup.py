@@ -40,10 +40,15 @@ setuptools.setup(
     extras_require={
         # gcp-storage-emulator: a local GCS server on 127.0.0.1 for the gs:// tests.
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "gcp-storage-emulator>=2024.8"],
-        # Only for experiments/benchmarks/train_step.py (the open_clip side) and
-        # the sentence-transformers cross-check of the MiniLM converter. These
-        # pins are a torch/torchvision pair that load together on CPU.
+        # The PyTorch references, never needed to run mmjax: the open_clip side
+        # of experiments/benchmarks/train_step.py, the sentence-transformers
+        # cross-check of the MiniLM converter, and the released-model readers'
+        # references (transformers' SigLIP / SigLIP 2 / CLIP, open_clip with
+        # timm for its SigLIP configs; TensorFlow for big_vision's text and
+        # image ops), which also write tests/hub/data. These pins are a
+        # torch/torchvision pair that load together on CPU. Install it with the
+        # test extra ("bench,test") to run the live comparisons (-m bench).
         "bench": ["torch==2.14.1", "torchvision==0.29.1", "open-clip-torch",
-                  "sentence-transformers"],
+                  "sentence-transformers", "transformers", "timm", "tensorflow-cpu"],
     },
 )
