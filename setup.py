@@ -48,7 +48,10 @@ setuptools.setup(
         # image ops), which also write tests/hub/data. These pins are a
         # torch/torchvision pair that load together on CPU. Install it with the
         # test extra ("bench,test") to run the live comparisons (-m bench).
+        # librosa (with soundfile, soxr and music21's recorded clip) is the
+        # reference of mmjax.data.audio's features.
         "bench": ["torch==2.14.1", "torchvision==0.29.1", "open-clip-torch",
-                  "sentence-transformers", "transformers", "timm", "tensorflow-cpu"],
+                  "sentence-transformers", "transformers", "timm", "tensorflow-cpu",
+                  "librosa", "soundfile", "soxr", "music21"],
     },
 )
