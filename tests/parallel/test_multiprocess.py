@@ -58,24 +58,38 @@ runpy.run_module("mmjax.train", run_name="__main__", alter_sys=True)
 """
 
 
-def test_two_processes_match_one_process(config_file, tmp_path):
-  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
-  cmd = [sys.executable, "-m", "mmjax.train", f"--config={config_file}"]
+# One process x 8 devices on mesh (2, 4, 1): the reference the two-process run
+# must match, and the checkpoints the resume test starts from (one run, shared).
+RUN = ("--config.total_steps=5", "--config.log_every=1", "--config.checkpoint.keep=5",
+       "--config.mesh.data=2", "--config.mesh.fsdp=4")
+EIGHT = "--xla_force_host_platform_device_count=8"
+
+
+@pytest.fixture(scope="module")
+def one_process(config_file, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("one_process") / "run")
+  out = subprocess.run(
+      [sys.executable, "-m", "mmjax.train", f"--config={config_file}", *RUN,
+       f"--workdir={workdir}"],
+      cwd=ROOT, env=_env(XLA_FLAGS=EIGHT), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+  return workdir
+
+
+def test_two_processes_match_one_process(config_file, one_process, tmp_path):
+  multi = str(tmp_path / "multi")
   out = subprocess.run(  # with the end-of-run reports, as by default
       ["bash", "launch/cpu_multiprocess.sh", "2", "4", sys.executable, "-c", LAGGING_TRAIN,
-       f"--config={config_file}", f"--workdir={multi}", "--config.eval.reports=True"],
+       f"--config={config_file}", *RUN, f"--workdir={multi}", "--config.eval.reports=True"],
       cwd=ROOT, env=_env(MMJAX_LOG_DIR=str(tmp_path / "logs")),
       capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-  out = subprocess.run(
-      [*cmd, f"--workdir={single}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"))
-  assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
 
-  assert [s for s, _ in _losses(multi)] == [s for s, _ in _losses(single)] == [2, 4]
-  assert [v for _, v in _losses(multi)] == pytest.approx([v for _, v in _losses(single)],
-                                                         rel=1e-5)
-  with open(os.path.join(multi, "eval.json")) as f, open(os.path.join(single, "eval.json")) as g:
+  assert [s for s, _ in _losses(multi)] == [s for s, _ in _losses(one_process)] == [1, 2, 3, 4, 5]
+  assert [v for _, v in _losses(multi)] == pytest.approx(
+      [v for _, v in _losses(one_process)], rel=1e-5)
+  with open(os.path.join(multi, "eval.json")) as f, \
+       open(os.path.join(one_process, "eval.json")) as g:
     assert json.load(f) == pytest.approx(json.load(g), abs=1e-6)
   # Files are written once, by process 0: one row per logged step, not two.
   with open(os.path.join(multi, "metrics.jsonl")) as f:
@@ -121,18 +135,14 @@ def test_missing_process_fails_with_the_fix(tmp_path):
   assert "DEADLINE_EXCEEDED" in out.stderr
 
 
-def test_checkpoint_resumes_on_another_mesh_and_process_count(config_file, tmp_path):
+def test_checkpoint_resumes_on_another_mesh_and_process_count(config_file, one_process,
+                                                              tmp_path):
   """Saved at step 4 on mesh (2, 4, 1), 1 process x 8 devices; step 5 resumed on
   (8, 1, 1) and on 2 processes x 4 devices (past a damaged step 5) gives the
   same loss."""
-  cmd = [sys.executable, "-m", "mmjax.train", f"--config={config_file}",
-         "--config.total_steps=5", "--config.log_every=1", "--config.checkpoint.keep=5"]
-  eight = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  source = str(tmp_path / "source")
-  out = subprocess.run([*cmd, "--config.mesh.data=2", "--config.mesh.fsdp=4",
-                        f"--workdir={source}"],
-                       cwd=ROOT, env=eight, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+  cmd = [sys.executable, "-m", "mmjax.train", f"--config={config_file}", *RUN[:3]]
+  eight = _env(XLA_FLAGS=EIGHT)
+  source = one_process
   want = dict(_losses(source))[5]
 
   def resume(name, launch, env, damage):
