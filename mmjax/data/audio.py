@@ -57,49 +57,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmjax.data import mel
-from mmjax.data.mel import WindowSpec, _NORMS, _cached, window_array
-# The host-side helpers, re-exported: audio.mel_filterbank(...) and friends.
+from mmjax.data import audio_presets, mel
+from mmjax.data.mel import NORMS, WindowSpec, cached, window_array
+# Re-exported: the host-side helpers (audio.mel_filterbank(...)) and the
+# front-end presets (log_mel(wave, **audio.AST)).
 dct_matrix, hz_to_mel, mel_filterbank, mel_to_hz = (
     mel.dct_matrix, mel.hz_to_mel, mel.mel_filterbank, mel.mel_to_hz)
+AST, CLAP, IMAGEBIND = audio_presets.AST, audio_presets.CLAP, audio_presets.IMAGEBIND
 
 Array = jax.Array
 
 AMIN = 1e-10  # power floor of the dB conversion (librosa's amin)
-
-# LAION CLAP (laion_clap `get_mel` and the released Hugging Face
-# ClapFeatureExtractor configs, truncation="fusion"): torchaudio's
-# MelSpectrogram at 48 kHz, 1024-point Hann frames every 480 samples, 64 HTK
-# mels between 50 Hz and 14 kHz without area normalisation, centred frames
-# padded by *reflection*, then AmplitudeToDB(top_db=None), i.e.
-# 10 * log10(max(S, 1e-10)). The non-fusion path of laion_clap (torchlibrosa
-# inside HTSAT) uses Slaney mels with norm="slaney" instead:
-# dict(CLAP, htk=False, norm="slaney").
-CLAP = dict(sample_rate=48_000, n_fft=1024, hop_length=480, n_mels=64, fmin=50.0,
-            fmax=14_000.0, htk=True, norm=None, center=True, pad_mode="reflect",
-            power=2.0, top_db=None)
-
-# AST / ImageBind style: 16 kHz, 25 ms (400-sample) frames every 10 ms, 128
-# HTK mels, uncentred frames (Kaldi's snip_edges). Both models compute
-# `torchaudio.compliance.kaldi.fbank(htk_compat=True, window_type="hanning",
-# dither=0.0, use_energy=False, num_mel_bins=128, frame_shift=10)` on the
-# mean-removed clip. What this preset does NOT reproduce of that:
-#   - Kaldi's per-frame DC removal and 0.97 pre-emphasis (both on by default);
-#   - its symmetric Hann ("hanning") window (ours is periodic) and its FFT
-#     size rounded up to 512 with the frame zero-padded at the end;
-#   - its triangles, linear in mel (ours are linear in Hz between mel-spaced
-#     edges, librosa's), from low_freq=20 Hz to Nyquist;
-#   - natural log with a floor of float32 eps (ours: dB, floor 1e-10; ln S =
-#     dB * ln(10) / 10), and AST's (x + 4.27) / (4.57 * 2) normalisation.
-# Kaldi's default povey window and dithering are off in AST/ImageBind and not
-# reproduced either. So these features have AST's shape and time/frequency
-# grid, not its exact values: a model trained on them must not be fed Kaldi's.
-# At n_fft=400 (40 Hz bins) 3 of the lowest bands catch no bin and stay at
-# -100 dB (mel_filterbank warns once); dict(AST, n_fft=512, win_length=400),
-# Kaldi's FFT size, leaves 1.
-AST = dict(sample_rate=16_000, n_fft=400, hop_length=160, n_mels=128, fmin=20.0,
-           fmax=8_000.0, htk=True, norm=None, center=False, power=2.0, top_db=None)
-IMAGEBIND = dict(AST)
 
 _PAD_MODES = ("constant", "reflect", "edge", "symmetric")
 
@@ -154,7 +122,7 @@ def _check_mel(sample_rate, n_mels, fmin, fmax, norm, power, top_db) -> float:
                      f"{nyquist} Hz: lower fmax, or pass fmax=None for {nyquist}.")
   if not 0 <= fmin < fmax:
     raise ValueError(f"need 0 <= fmin < fmax, got fmin={fmin}, fmax={fmax}.")
-  if norm not in _NORMS:
+  if norm not in NORMS:
     raise ValueError(f"norm={norm!r} is not supported: use 'slaney' or None.")
   if not power > 0:
     raise ValueError(f"power must be positive (2 for power, 1 for magnitude), got {power!r}.")
@@ -377,13 +345,13 @@ def mfcc(wave, sample_rate: float, *, n_mfcc: int = 20, top_db: Optional[float] 
     raise ValueError(f"n_mfcc must be an int in [1, n_mels={n_mels}], got {n_mfcc!r}.")
   if lifter < 0:
     raise ValueError(f"lifter must be >= 0 (0: none), got {lifter!r}.")
-  dct = _cached("dct", int(n_mels), int(n_mfcc), float(lifter))
+  dct = cached("dct", int(n_mels), int(n_mfcc), float(lifter))
   return _mel(wave, sample_rate, top_db=top_db, dct=dct, db=True, **log_mel_kwargs)
 
 
 def _window(window: WindowSpec, win_length: int, n_fft: int) -> np.ndarray:
   if isinstance(window, str):
-    return _cached("window", window, int(win_length), int(n_fft))
+    return cached("window", window, int(win_length), int(n_fft))
   return window_array(window, win_length, n_fft)
 
 
@@ -396,7 +364,7 @@ def _mel(wave, sample_rate, *, n_fft, hop_length, n_mels, fmin=0.0, fmax=None, c
   fmax = _check_mel(sample_rate, n_mels, fmin, fmax, norm, power, top_db)
   bins = n_fft // 2 + 1
   if filterbank is None:
-    filterbank = _cached("mel", float(sample_rate), int(n_fft), int(n_mels), float(fmin),
+    filterbank = cached("mel", float(sample_rate), int(n_fft), int(n_mels), float(fmin),
                          fmax, bool(htk), norm)
   elif tuple(filterbank.shape) != (bins, n_mels):
     raise ValueError(f"filterbank has shape {tuple(filterbank.shape)}, expected "

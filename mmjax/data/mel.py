@@ -18,7 +18,7 @@ WindowSpec = Union[str, np.ndarray]
 # Periodic generalised-cosine windows: w[n] = sum_k (-1)^k a_k cos(2 pi k n / M).
 _COSINE_WINDOWS = {"hann": (0.5, 0.5), "hamming": (0.54, 0.46),
                    "blackman": (0.42, 0.5, 0.08), "boxcar": (1.0,)}
-_NORMS = ("slaney", None)
+NORMS = ("slaney", None)
 
 
 def hz_to_mel(hz, htk: bool = False) -> np.ndarray:
@@ -65,7 +65,7 @@ def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int, fmin: float = 0.
     float32 `[n_fft // 2 + 1, n_mels]`; `power [.., F] @ filterbank` -> mels.
   """
   fmax = sample_rate / 2.0 if fmax is None else fmax
-  if norm not in _NORMS:
+  if norm not in NORMS:
     raise ValueError(f"norm={norm!r} is not supported: use 'slaney' or None.")
   bins_hz = np.arange(n_fft // 2 + 1) * (sample_rate / n_fft)
   edges = mel_to_hz(np.linspace(hz_to_mel(fmin, htk), hz_to_mel(fmax, htk), n_mels + 2), htk)
@@ -124,7 +124,9 @@ def dct_matrix(n_mels: int, n_mfcc: int, lifter: float = 0.0) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached(kind: str, *args) -> np.ndarray:
+def cached(kind: str, *args) -> np.ndarray:
+  """window_array / mel_filterbank / dct_matrix (kind "window" | "mel" | "dct")
+  of these arguments, built once per process and read-only (shared by calls)."""
   make = {"window": window_array, "mel": mel_filterbank, "dct": dct_matrix}[kind]
   out = make(*args)
   out.flags.writeable = False  # shared between calls

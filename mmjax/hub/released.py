@@ -9,8 +9,8 @@ weights with the wrong padding, case or pixel scale:
   ztxt = model.encode_text(model.tokenize(["a photo of a cat"]))    # [B, D]
   logits = model.logit_scale * zimg @ ztxt.T + model.logit_bias
 
-Encoding runs in fixed-size batches under one jit each (padding the last), so
-any number of inputs compiles twice at most.
+Encoding runs in batches of `batch_size` under one jit each (the last padded;
+mmjax.eval.evaluators.batched), so large inputs compile once per encoder.
 """
 
 from typing import Sequence
@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from mmjax.data import released_images, released_text
+from mmjax.eval import evaluators
 from mmjax.hub import imported as imported_lib
 from mmjax.models import multi_tower
 
@@ -60,14 +61,11 @@ class ReleasedModel:
     return int(self.imported.text["length"])
 
   def _batched(self, fn, x: np.ndarray) -> np.ndarray:
-    out = []
-    for start in range(0, len(x), self.batch_size):
-      chunk = x[start:start + self.batch_size]
-      pad = self.batch_size - len(chunk)
-      if pad:
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-      out.append(np.asarray(fn(self.params, chunk), np.float32)[:self.batch_size - pad])
-    return np.concatenate(out) if out else np.zeros((0, self.model.embed_dim), np.float32)
+    """fn(params, [b, ...]) over x [N, ...] in fixed-size batches -> [N, D] NumPy."""
+    if not len(x):
+      return np.zeros((0, self.model.embed_dim), np.float32)
+    return np.asarray(evaluators.batched(lambda chunk: fn(self.params, chunk), x,
+                                         self.batch_size), np.float32)
 
   @property
   def input_size(self) -> int:

@@ -29,6 +29,9 @@ from mmjax.models import layers
 from mmjax.models import registry
 from mmjax.models.layers import logical
 
+# Keys of a tower spec that the MultiTower reads itself; the rest are the tower's.
+TOWER_KEYS = ("kind", "input", "proj", "proj_bias", "pixel_mean", "pixel_std")
+
 # Output namespaces the model writes; a head may not be named like one.
 RESERVED = ("z", "tokens", "mask", "scale", "bias", "teacher", "to_teacher")
 

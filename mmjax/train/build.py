@@ -172,10 +172,6 @@ def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer | wordpiece.WordP
       data.vocab_size)
 
 
-# Keys of a tower spec that the MultiTower reads itself (the rest are the tower's).
-TOWER_SPEC_KEYS = {"kind", "input", "proj", "proj_bias", "pixel_mean", "pixel_std"}
-
-
 def model(config, tok=None, *, vocab_size: int | None = None, pad_id: int | None = None):
   """The model of config.model (config.model.name, default the MultiTower).
 
@@ -197,7 +193,7 @@ def model(config, tok=None, *, vocab_size: int | None = None, pad_id: int | None
     for key in (*_FROM_RUN, "remat", "dtype"):
       if key in fields and key not in spec and run[key] is not None:
         spec[key] = run[key]
-    unknown = sorted(set(spec) - set(fields) - TOWER_SPEC_KEYS) if fields else []
+    unknown = sorted(set(spec) - set(fields) - set(multi_tower.TOWER_KEYS)) if fields else []
     if unknown:
       raise configs.ConfigError(
           f"config.model.towers.{modality} has {unknown}, which the {spec['kind']!r} tower "
