@@ -7,6 +7,8 @@ compute it for its own rows and the result does not depend on the layout:
   edges), for a third tower that must match shapes and places, not colours.
 - "scene_id": a label equal for two examples whose scenes have the same
   captions, so a loss can count them as positives of each other.
+- "audio": the scene's sound (shapes_audio.py), float32 samples at
+  shapes_audio.SAMPLE_RATE, for an audio tower.
 
 `pipeline` adds the fields named in `config.data.fields` to every batch and to
 the test split.
@@ -17,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mmjax.data import shapes
+from mmjax.data import shapes, shapes_audio
 
 # ITU-R BT.601 luma weights, in thousandths: integer arithmetic keeps the
 # luminance exact, so two colours with equal luminance give identical sketches
@@ -88,17 +90,21 @@ def scene_ids(scenes: Sequence[shapes.Scene]) -> np.ndarray:
 FIELDS: dict[str, Callable[[np.ndarray, Sequence[shapes.Scene]], np.ndarray]] = {
     "sketch": lambda images, scenes: sketch(images),
     "scene_id": lambda images, scenes: scene_ids(scenes),
+    "audio": lambda images, scenes: shapes_audio.sounds(scenes),
 }
 
 
 def field_spec(name: str, image_size: int) -> tuple[tuple[int, ...], np.dtype]:
   """(shape of ONE example's value, dtype) of field `name` at image side S.
 
-  sketch: ((S, S, 1), uint8); scene_id: ((), int32).
+  sketch: ((S, S, 1), uint8); scene_id: ((), int32); audio:
+  ((shapes_audio.CLIP_SAMPLES,), float32).
   """
   if name == "sketch":
     return (image_size, image_size, 1), np.dtype(np.uint8)
   if name == "scene_id":
     return (), np.dtype(np.int32)
+  if name == "audio":
+    return (shapes_audio.CLIP_SAMPLES,), np.dtype(np.float32)
   raise ValueError(f"unknown shapes field {name!r}; the known fields are "
                    f"{sorted(FIELDS)}: use one of them or remove {name!r}.")

@@ -25,12 +25,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
+from mmjax import registry as names
 from mmjax.models import layers
 from mmjax.models import registry
 from mmjax.models.layers import logical
 
 # Keys of a tower spec that the MultiTower reads itself; the rest are the tower's.
-TOWER_KEYS = ("kind", "input", "proj", "proj_bias", "pixel_mean", "pixel_std")
+TOWER_KEYS = ("kind", "input", "proj", "proj_bias", "pixel_mean", "pixel_std", "features")
 
 # Output namespaces the model writes; a head may not be named like one.
 RESERVED = ("z", "tokens", "mask", "scale", "bias", "teacher", "to_teacher")
@@ -59,6 +60,26 @@ def tower_input(x, mean=None, std=None):
 
 def _identity(x):
   return x
+
+
+def feature_stage(spec, modality: str):
+  """The tower spec's `features` entry -> a function of the input field, or None.
+
+  `features=dict(fn="mmjax.data.audio.log_mel", sample_rate=16000, n_fft=400,
+  ...)`: fn is a dotted path to a function `fn(x, **rest)`, applied on the
+  device inside the model, so training, evaluation and `encode` all see the
+  same features, and the input pipeline ships the raw signal. It is named by
+  a path, not imported here: models do not import the data package.
+  """
+  if not spec:
+    return None
+  spec = dict(spec)
+  path = spec.pop("fn", None)
+  if not isinstance(path, str):
+    raise ValueError(f"config.model.towers.{modality}.features needs fn='pkg.module.name', "
+                     f"the function that computes the features, got fn={path!r}.")
+  fn = names.import_path(path, f"feature function (config.model.towers.{modality}.features)")
+  return lambda x: fn(x, **spec)
 
 
 def _with_dtype(cls, spec: dict, dtype: str) -> dict:
@@ -106,11 +127,12 @@ class MultiTower(nn.Module):
   teacher_dim: int | None = None
 
   def setup(self):
-    pixels = {}
+    pixels, stages = {}, {}
     for modality, spec in self.towers.items():
       spec = dict(spec)
       cls = registry.tower_class(spec.pop("kind", None), modality)
       spec.pop("input", None)
+      stages[modality] = feature_stage(spec.pop("features", None), modality)
       proj, proj_bias = spec.pop("proj", True), spec.pop("proj_bias", False)
       pixels[modality] = (spec.pop("pixel_mean", None), spec.pop("pixel_std", None))
       setattr(self, f"{modality}_tower", cls(**_with_dtype(cls, spec, self.dtype)))
@@ -118,7 +140,7 @@ class MultiTower(nn.Module):
           self.embed_dim, use_bias=proj_bias, dtype=self.dtype,
           kernel_init=logical(layers.DEFAULT_KERNEL_INIT, "embed", "joint"),
           bias_init=logical(nn.initializers.zeros, "joint")) if proj else _identity)
-    self.pixels = pixels
+    self.pixels, self.stages = pixels, stages
     for name, spec in self.heads.items():
       spec = dict(spec)
       cls = registry.head_class(spec.pop("kind", None), name)
@@ -163,6 +185,8 @@ class MultiTower(nn.Module):
     tower = getattr(self, f"{modality}_tower")
     proj = getattr(self, f"{modality}_proj")
     x = tower_input(x, *self.pixels[modality])
+    if self.stages[modality] is not None:
+      x = self.stages[modality](x)
     if not tokens:
       return {"z": l2_normalize(proj(tower(x)))}
     pooled, seq = tower(x, return_sequence=True)

@@ -12,7 +12,7 @@ or registers it once, from its own module, under a short name:
 """
 
 from mmjax import registry
-from mmjax.models import bert, cnn, text, vit
+from mmjax.models import audio, bert, cnn, text, vit
 from mmjax.models.heads import matching
 
 # A tower maps one input field to features: __call__(x) -> [B, W] and
@@ -22,6 +22,8 @@ TOWERS = {
     "cnn": cnn.ConvNet,
     "transformer": text.TextTransformer,
     "bert": bert.BertEncoder,
+    "ast": audio.AudioSpectrogramTransformer,
+    "audio_cnn": audio.AudioCNN,
 }
 
 # A head reads the towers' outputs (embeddings, token sequences) and returns
