@@ -3,6 +3,8 @@
   recall_curves.png    recall@K for K = 1..100 (log axis), both directions
   retrieval_grid.png   for a few caption queries, the query and its top-5 images
                        (the true image framed in green)
+  retrieval_grid_<m>_image.png   the same for queries of another modality m
+                       (sounds drawn as spectrograms), e.g. audio -> image
   embeddings_pca.png   image and text embeddings of the test split projected on
                        their first two principal components, by modality
 
@@ -61,6 +63,35 @@ def grid_hits(image_emb, text_emb, queries: int = 6, k: int = 5, seed: int = 0):
   return chosen, np.asarray(top)
 
 
+def _grid(draw_query, chosen, top, images, is_hit, path: str, title: str) -> str:
+  """Rows: a query (drawn by draw_query(ax, q)) and the images of its hits.
+
+  chosen [Q] query rows; top [Q, k] image indices; is_hit(q, idx) -> bool.
+  """
+  plt = _pyplot()
+  k = top.shape[1]
+  fig, axes = plt.subplots(len(chosen), k + 1, figsize=(1.6 * (k + 1) + 2.2, 1.7 * len(chosen)),
+                           squeeze=False, gridspec_kw={"width_ratios": [2.2] + [1] * k})
+  for row, (q, hits) in enumerate(zip(chosen, top)):
+    draw_query(axes[row][0], q)
+    for col, idx in enumerate(hits, start=1):
+      ax = axes[row][col]
+      ax.imshow(images[idx], interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      hit = is_hit(q, idx)
+      for spine in ax.spines.values():
+        spine.set_edgecolor("tab:green" if hit else "lightgray")
+        spine.set_linewidth(3 if hit else 1)
+      if row == 0:
+        ax.set_title(f"#{col}", fontsize=8)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  paths.save_figure(fig, path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def plot_retrieval_grid(images, image_emb, text_emb, captions, text_to_image, path: str,
                         queries: int = 6, k: int = 5, seed: int = 0, hits=None) -> str:
   """Rows: a caption (spread evenly over the split) and its top-k images.
@@ -69,31 +100,49 @@ def plot_retrieval_grid(images, image_emb, text_emb, captions, text_to_image, pa
   strings; text_to_image [M]; hits: `grid_hits`' result if already computed
   (by every process, when several run).
   """
-  plt = _pyplot()
   chosen, top = hits if hits is not None else grid_hits(image_emb, text_emb, queries, k, seed)
-  k = top.shape[1]
-  fig, axes = plt.subplots(len(chosen), k + 1, figsize=(1.6 * (k + 1) + 2.2, 1.7 * len(chosen)),
-                           squeeze=False, gridspec_kw={"width_ratios": [2.2] + [1] * k})
-  for row, (q, hits) in enumerate(zip(chosen, top)):
-    text_ax = axes[row][0]
-    text_ax.axis("off")
-    text_ax.text(0, 0.5, "\n".join(textwrap.wrap(captions[q], 28)), va="center", fontsize=8)
-    for col, idx in enumerate(hits, start=1):
-      ax = axes[row][col]
-      ax.imshow(images[idx], interpolation="nearest")
-      ax.set_xticks([])
-      ax.set_yticks([])
-      hit = idx == text_to_image[q]
-      for spine in ax.spines.values():
-        spine.set_edgecolor("tab:green" if hit else "lightgray")
-        spine.set_linewidth(3 if hit else 1)
-      if row == 0:
-        ax.set_title(f"#{col}", fontsize=8)
-  fig.suptitle("top-5 images per caption (true image framed green)", fontsize=9)
-  fig.tight_layout()
-  paths.save_figure(fig, path, dpi=110)
-  plt.close(fig)
-  return path
+
+  def draw(ax, q):
+    ax.axis("off")
+    ax.text(0, 0.5, "\n".join(textwrap.wrap(captions[q], 28)), va="center", fontsize=8)
+
+  return _grid(draw, chosen, top, images, lambda q, idx: idx == text_to_image[q], path,
+               f"top-{top.shape[1]} images per caption (true image framed green)")
+
+
+def spectrogram_db(wave: np.ndarray, n_fft: int = 512, hop: int = 128) -> np.ndarray:
+  """float [N] -> [frames, n_fft // 2 + 1] power in dB (Hann frames, 1e-10 floor),
+  for drawing a clip whatever its sample rate."""
+  wave = np.asarray(wave, np.float64)
+  wave = np.pad(wave, (0, max(0, n_fft - len(wave))))  # at least one frame
+  frames = 1 + (len(wave) - n_fft) // hop
+  x = wave[np.arange(n_fft)[None] + hop * np.arange(frames)[:, None]]
+  power = np.abs(np.fft.rfft(x * np.hanning(n_fft), axis=-1)) ** 2
+  return 10 * np.log10(np.maximum(power, 1e-10))
+
+
+def plot_query_grid(queries, images, query_emb, image_emb, path: str, modality: str,
+                    n: int = 6, k: int = 5, seed: int = 0, hits=None) -> str:
+  """Rows: an item of another modality and its top-k images, the true one
+  (same row index) framed green. queries: [N, ...], one per image: waveforms
+  [N, samples] are drawn as spectrograms, images [N, H, W, C] as they are.
+  hits: `grid_hits(image_emb, query_emb, n, k, seed)` if already computed."""
+  chosen, top = hits if hits is not None else grid_hits(image_emb, query_emb, n, k, seed)
+
+  def draw(ax, q):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    item = np.asarray(queries[q])
+    if item.ndim == 1:
+      ax.imshow(spectrogram_db(item).T, origin="lower", aspect="auto", cmap="magma",
+                vmin=-100)
+    else:
+      ax.imshow(item[..., 0] if item.shape[-1] == 1 else item, cmap="gray",
+                interpolation="nearest")
+    ax.set_ylabel(f"{modality} {q}", fontsize=7)
+
+  return _grid(draw, chosen, top, images, lambda q, idx: idx == q, path,
+               f"top-{top.shape[1]} images per {modality} query (true image framed green)")
 
 
 def pca_2d(x: np.ndarray) -> np.ndarray:

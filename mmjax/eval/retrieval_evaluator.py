@@ -1,8 +1,10 @@
 """Cross-modal retrieval between any two modalities of the test split."""
 
 
+import jax
 import numpy as np
 
+from mmjax import paths
 from mmjax.eval import gallery, reports, retrieval
 from mmjax.eval.evaluators import EvaluatorConfigError
 
@@ -102,11 +104,25 @@ class Retrieval:
     return rename(metrics, a, b)
 
   def report(self, workdir: str) -> list[str]:
-    """Recall curves, a retrieval grid and a PCA plot for the (image, text) pair."""
-    if self.last is None or set(self.fields) != {"image", "text"}:
+    """Recall curves, a retrieval grid and a PCA plot for the (image, text) pair;
+    for (image, m) with m another per-image modality, a grid of m's queries
+    and their top images."""
+    if self.last is None:
       return []
     test = self.context.test
-    image, text = (self.last[m] for m in self.pair) if self.fields == ("image", "text") \
-        else (self.last[m] for m in self.pair[::-1])
-    captions = self.context.tokenizer.decode(test["text"])
-    return reports.write_all(workdir, test, image, text, captions)
+    if set(self.fields) == {"image", "text"}:
+      image, text = (self.last[m] for m in self.pair) if self.fields == ("image", "text") \
+          else (self.last[m] for m in self.pair[::-1])
+      captions = self.context.tokenizer.decode(test["text"])
+      return reports.write_all(workdir, test, image, text, captions)
+    if "image" not in self.fields or set(self.fields) & set(GROUPED):
+      return []
+    i = self.fields.index("image")
+    other, field = self.pair[1 - i], self.fields[1 - i]
+    image_emb, query_emb = self.last[self.pair[i]], self.last[other]
+    hits = reports.grid_hits(image_emb, query_emb)  # sharded: every process joins
+    if jax.process_index() != 0:
+      return []
+    path = paths.join(workdir, f"retrieval_grid_{other}_image.png")
+    return [reports.plot_query_grid(test[field], test["image"], query_emb, image_emb, path,
+                                    other, hits=hits)]

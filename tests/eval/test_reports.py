@@ -99,8 +99,36 @@ def test_retrieval_report_plots_the_image_text_pair(pair, tmp_path, monkeypatch)
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_retrieval_report_skips_other_pairs(tmp_path):
-  evaluator, encoders, _, _ = _retrieval_run(("image", "sketch"))
+@pytest.mark.parametrize("pair", [("image", "sketch"), ("sketch", "image")])
+def test_retrieval_report_grids_another_modality_against_the_images(pair, tmp_path,
+                                                                     monkeypatch):
+  evaluator, encoders, test, emb = _retrieval_run(pair)
+  evaluator(encoders)
+  calls = []
+  plot = reports.plot_query_grid
+  monkeypatch.setattr(reports, "plot_query_grid",
+                      lambda *a, **k: calls.append((a, k)) or plot(*a, **k))
+  paths = evaluator.report(str(tmp_path))
+  assert paths == [os.path.join(str(tmp_path), "retrieval_grid_sketch_image.png")]
+  ((args, kwargs),) = calls
+  queries, images, query_emb, image_emb, _, modality = args
+  assert queries is test["sketch"] and images is test["image"]
+  assert query_emb is emb["sketch"] and image_emb is emb["image"] and modality == "sketch"
+  with open(paths[0], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_retrieval_report_skips_pairs_without_images(tmp_path):
+  evaluator, encoders, _, _ = _retrieval_run(("sketch", "text"))
   evaluator(encoders)
   assert evaluator.report(str(tmp_path)) == []
   assert os.listdir(tmp_path) == []
+
+
+def test_spectrogram_shows_a_tone_at_its_frequency():
+  sr, f = 8000, 1000.0
+  wave = np.sin(2 * np.pi * f * np.arange(sr) / sr)
+  db = reports.spectrogram_db(wave, n_fft=256, hop=64)
+  assert db.shape == (1 + (sr - 256) // 64, 129)
+  assert (db.argmax(axis=1) == round(f / sr * 256)).all()
+  assert reports.spectrogram_db(wave[:100], n_fft=256).shape == (1, 129)  # padded
