@@ -51,21 +51,31 @@ def _test_split(context) -> dict:
 
 
 class ZeroShot:
-  """Zero-shot shape, colour and relation accuracy (shapes_zeroshot)."""
+  """Zero-shot shape, colour and relation accuracy (shapes_zeroshot) of one
+  modality's view of the test scenes against text prompts: the images by
+  default (metrics "zeroshot/..."), or e.g. modality="audio", the scenes'
+  sounds ("zeroshot_audio/...")."""
 
-  modalities = ("image", "text")
-
-  def __init__(self, context):
+  def __init__(self, context, modality: str = "image"):
     _require_shapes(context, "zeroshot")
-    self.context = context
+    if modality == "text":
+      raise EvaluatorConfigError("zeroshot modality='text' would classify prompts with "
+                                 "prompts; name the modality whose items are classified.")
+    self.context, self.modality = context, modality
+    self.modalities = (modality, "text")
+    self.prefix = "zeroshot/" if modality == "image" else f"zeroshot_{modality}/"
 
   def __call__(self, encoders) -> dict[str, float]:
     c, n = self.context, _num_images(self.context)
     split = _test_split(c)
+    if self.modality == "image":
+      items = np.asarray(split["image"][:n])
+    else:  # the test data holds the first n images' fields
+      items = c.test[c.inputs.get(self.modality, self.modality)][:n]
     return shapes_zeroshot.evaluate(
-        lambda x: encoders.encode("image", x), lambda x: encoders.encode("text", x),
-        c.tokenizer, np.asarray(split["image"][:n]), split["scenes"][:n],
-        c.context_length, c.batch_size)
+        lambda x: encoders.encode(self.modality, x), lambda x: encoders.encode("text", x),
+        c.tokenizer, items, split["scenes"][:n], c.context_length, c.batch_size,
+        prefix=self.prefix)
 
 
 def heldout_data(context) -> dict:

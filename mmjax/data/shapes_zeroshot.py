@@ -107,11 +107,13 @@ def shapes_tasks(scenes: Sequence[shapes.Scene]) -> dict:
 
 def evaluate(encode_image, encode_text, tokenizer, images: np.ndarray,
              scenes: Sequence[shapes.Scene], context_length: int,
-             batch_size: int) -> dict[str, float]:
+             batch_size: int, prefix: str = "zeroshot/") -> dict[str, float]:
   """Zero-shot accuracy on the three tasks of the given shapes test images.
 
   Args:
     encode_image: uint8 [N, S, S, 3] -> [N, D]; encode_text: int32 [B, L] -> [B, D].
+      Any other view of the scenes works the same way: `images` is then that
+      view's [N, ...] (e.g. their sounds) and encode_image its encoder.
     tokenizer: has `encode(texts, length)`.
     images, scenes: the first N test images and their scenes.
     context_length, batch_size: prompt length; prompts encoded per call.
@@ -119,7 +121,7 @@ def evaluate(encode_image, encode_text, tokenizer, images: np.ndarray,
   Returns:
     {"zeroshot/{task}_top{K}", "zeroshot/{task}_mean_per_class"} for task in
     shape, colour, relation, with K in (1, 5) where K < C (so relation, C = 4,
-    has top1 alone). A task with no image among the N is left out.
+    has top1 alone), under `prefix`. A task with no image among the N is left out.
   """
   img = encode_image(images)
   out = {}
@@ -138,5 +140,5 @@ def evaluate(encode_image, encode_text, tokenizer, images: np.ndarray,
                       class_names=task.class_names)
     for key, value in result.items():
       if key.startswith("top") or key == "mean_per_class":
-        out[f"zeroshot/{task.name}_{key}"] = value
+        out[f"{prefix}{task.name}_{key}"] = value
   return out

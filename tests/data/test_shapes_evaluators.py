@@ -178,6 +178,36 @@ def test_zeroshot_evaluator_with_a_tiny_model(setup):
     shapes_evaluators.ZeroShot(dataclasses.replace(context, data_name="coco"))
 
 
+def test_zeroshot_classifies_another_view_of_the_scenes(setup):
+  """modality="audio": the test split's audio field is classified against the
+  same prompts, under its own prefix."""
+  config, tok, _, _, context = setup
+  sounds = np.random.default_rng(0).normal(size=(30, 7)).astype(np.float32)
+  context = dataclasses.replace(context, inputs={**context.inputs, "audio": "audio"},
+                                load_test=lambda: {"audio": sounds})
+  rng = np.random.default_rng(1)
+  table = {}
+
+  class Encoders:  # any fixed embedding per row will do
+    def encode(self, modality, x):
+      key = (modality, np.asarray(x).tobytes())
+      if key not in table:
+        table[key] = rng.normal(size=(len(x), 4)).astype(np.float32)
+      return table[key]
+
+  evaluator = shapes_evaluators.ZeroShot(context, modality="audio")
+  assert evaluator.modalities == ("audio", "text")
+  out = evaluator(Encoders())
+  assert set(out) == {k.replace("zeroshot/", "zeroshot_audio/") for k in ZEROSHOT_KEYS}
+  split = shapes.test_split(image_size=16, num_images=1000)
+  assert out == shapes_zeroshot.evaluate(
+      lambda x: Encoders().encode("audio", x), lambda x: Encoders().encode("text", x), tok,
+      sounds, split["scenes"][:30], config.data.context_length, config.eval.batch_size,
+      prefix="zeroshot_audio/")
+  with pytest.raises(EvaluatorConfigError, match="classify prompts with prompts"):
+    shapes_evaluators.ZeroShot(context, modality="text")
+
+
 # --- itm ------------------------------------------------------------------------------
 
 
