@@ -32,6 +32,10 @@ setuptools.setup(
         # HF weights read into NumPy, and the WordPiece they were trained with.
         "safetensors>=0.4",
         "tokenizers>=0.15",
+        # Audio datasets (mmjax.data.audio_io): libsndfile decodes WAV, FLAC,
+        # OGG and MP3, libsoxr resamples; both wheels bundle their C library.
+        "soundfile>=0.12",
+        "soxr>=0.3",
         # gs:// workdirs: etils.epath (orbax's path library) reaches GCS through
         # fsspec's gcsfs; arrays go through tensorstore's own gcs driver.
         "etils[epath]>=1.7",

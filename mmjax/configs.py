@@ -71,6 +71,15 @@ def base() -> ml_collections.ConfigDict:
   # Extra fields of every batch and of the test split (shapes: "sketch", a
   # colourless edge view of the image; "scene_id", an id of the described scene).
   c.data.fields = ()
+  # Prepared audio datasets only (mmjax/data/audio_batches.py): the rate the
+  # audio tower's features expect (None: the dataset's; another is an error),
+  # the training clip (a random window of a longer clip, a shorter one padded
+  # by pad_mode: "repeat" it or "pad" with zeros) and the evaluation clip
+  # (None: clip_seconds; a clip's first seconds, nothing random).
+  c.data.sample_rate = ml_collections.config_dict.placeholder(int)
+  c.data.clip_seconds = 10.0
+  c.data.eval_clip_seconds = ml_collections.config_dict.placeholder(float)
+  c.data.pad_mode = "repeat"
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "multi_tower"  # or a dotted path to a fork's model class
@@ -117,6 +126,7 @@ def base() -> ml_collections.ConfigDict:
       # retrieval on captions in phrasings training never uses.
       "zeroshot": ml_collections.ConfigDict(dict(kind="zeroshot", every=off())),
       "itm": ml_collections.ConfigDict(dict(kind="itm", every=off())),
+      "fusion": ml_collections.ConfigDict(dict(kind="fusion", every=off())),
       "heldout": ml_collections.ConfigDict(dict(kind="heldout", every=off()))})
   c.eval.reports = True       # recall curves, retrieval grid, PCA plot at the end
 

@@ -21,6 +21,10 @@ checkpoint save and restore its position.
 batch and to the test split: a second view of the image or a per-example
 label, from `shapes_views.FIELDS` (shapes only). `batch_spec` and `test_fields`
 say which fields there will be, and their shapes, before anything is loaded.
+
+A prepared dataset of audio clips (its marker says so, see
+mmjax/data/audio_text.py) has "audio" where others have "image": its batches,
+test split and settings are made by mmjax.data.audio_batches.
 """
 
 import concurrent.futures
@@ -31,9 +35,12 @@ from typing import Sequence
 import grain
 import numpy as np
 
+from mmjax.data import audio_batches
+from mmjax.data import audio_text
 from mmjax.data import image_text
 from mmjax.data import preprocess
 from mmjax.data import shapes
+from mmjax.data import shapes_audio
 from mmjax.data import shapes_views
 from mmjax.data.tokenizer import Tokenizer
 
@@ -75,6 +82,16 @@ def _check_fields(data_cfg) -> tuple[str, ...]:
   return fields
 
 
+def modality(data_cfg) -> str:
+  """What the dataset's items are: "audio" for a prepared audio dataset, else
+  "image" (shapes, image-text datasets, and a dataset not prepared yet, which
+  check_data_config reports)."""
+  if data_cfg.name == "shapes" or not data_cfg.get("data_dir"):
+    return "image"
+  marker = image_text.read_marker(image_text.dataset_dir(data_cfg.data_dir, data_cfg.name))
+  return "audio" if audio_text.is_audio(marker) else "image"
+
+
 def check_data_config(data_cfg) -> None:
   """Fails before any compile if the config names data that cannot be read."""
   _check_fields(data_cfg)
@@ -89,6 +106,9 @@ def check_data_config(data_cfg) -> None:
         f"--config.data.data_dir=DIR (where `python -m mmjax.data.prepare ... "
         f"--data-dir DIR --name {data_cfg.name}` wrote it); the built-in dataset "
         "is 'shapes'.")
+  if data_cfg.name in audio_text.FORMATS or modality(data_cfg) == "audio":
+    audio_batches.settings(data_cfg)  # the dataset (naming its prepare command), the audio keys
+    return
   image_text.check_dataset(data_cfg.data_dir, data_cfg.name)  # names the prepare command
 
 
@@ -96,8 +116,12 @@ def batch_spec(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """name -> (shape of ONE example, dtype) of the fields a training batch feeds
   the model: "image" (S, S, 3) uint8, "text" (L,) int32, then each of
   config.data.fields (see shapes_views.field_spec). Prepared datasets' batches
-  also carry "bad_records", a counter the loop pops, not a model input.
+  also carry "bad_records", a counter the loop pops, not a model input. An
+  audio dataset's are "audio" (N,) float32 and "text" (audio_batches.batch_spec).
   """
+  if modality(config.data) == "audio":
+    _check_fields(config.data)  # only shapes has extra fields
+    return audio_batches.batch_spec(config)
   size = config.data.image_size
   spec = {"image": ((size, size, 3), np.dtype(np.uint8)),
           "text": ((config.data.context_length,), np.dtype(np.int32))}
@@ -110,8 +134,12 @@ def test_fields(data_cfg) -> tuple[str, ...]:
   """The per-example modality fields of the test split: ("image", "text", *fields).
 
   "image" and each extra field have one row per test image, "text" one per
-  caption (mapped to its image by "text_to_image").
+  caption (mapped to its image by "text_to_image"). An audio dataset's are
+  ("audio", "text"), one row per clip and per caption, and "labels" when its
+  clips are labelled (audio_batches.test_fields).
   """
+  if modality(data_cfg) == "audio":
+    return (*audio_batches.test_fields(data_cfg), *_check_fields(data_cfg))
   return ("image", "text", *_check_fields(data_cfg))
 
 
@@ -119,6 +147,8 @@ def test_split_size(data_cfg) -> int:
   """Number of images in the evaluation split."""
   if data_cfg.name == "shapes":
     return TEST_IMAGES
+  if modality(data_cfg) == "audio":
+    return audio_batches.test_split_size(data_cfg)
   return len(image_text.open_split(data_cfg.data_dir, data_cfg.name, data_cfg.eval_split))
 
 
@@ -232,6 +262,8 @@ def batch_maker(config, tokenizer: Tokenizer, rows=None):
   _check_fields(config.data)  # prepared data has no extra fields: fail, don't drop them
   if config.data.name == "shapes":
     return ShapesBatch(config, tokenizer, rows)
+  if modality(config.data) == "audio":
+    return audio_batches.AudioBatch(config, tokenizer, rows)
   return RecordBatch(config, tokenizer, rows)
 
 
@@ -282,6 +314,8 @@ def test_data(config, tokenizer: Tokenizer) -> dict:
   uint8 [N, S, S, 1], scene_id: int32 [N]).
   """
   fields = _check_fields(config.data)
+  if modality(config.data) == "audio":  # {"audio": [N, E], "text", "text_to_image", ...}
+    return audio_batches.test_data(config, tokenizer, config.eval.num_images)
   scenes = None
   if config.data.name == "shapes":
     split = shapes.test_split(image_size=config.data.image_size, num_images=TEST_IMAGES)
@@ -300,6 +334,22 @@ def test_data(config, tokenizer: Tokenizer) -> dict:
   for name in fields:  # only shapes has fields (_check_fields), so scenes is set
     data[name] = shapes_views.FIELDS[name](data["image"], scenes[:n])
   return data
+
+
+def audio_sample_rate(data_cfg) -> int | None:
+  """Hz of the batches' "audio" field: the shapes sounds' rate when
+  config.data.fields has "audio", a prepared audio dataset's rate, else None."""
+  if data_cfg.name == "shapes":
+    return shapes_audio.SAMPLE_RATE if "audio" in _check_fields(data_cfg) else None
+  if modality(data_cfg) == "audio":
+    return audio_batches.settings(data_cfg).sample_rate
+  return None
+
+
+def train_captions(data_cfg, limit: int | None = None):
+  """The train captions of a prepared dataset (image or audio), for its tokenizer."""
+  reader = audio_text if modality(data_cfg) == "audio" else image_text
+  return reader.train_captions(data_cfg.data_dir, data_cfg.name, limit=limit)
 
 
 def _num_eval_images(config, available: int) -> int:

@@ -51,6 +51,11 @@ error until --overwrite rebuilds it.
 This module holds the command line and the build (`prepare`: images encoded
 by mmjax.data.preprocess, written by mmjax.data.image_text); reading the
 source, cleaning captions and carving val/test are in mmjax.data.sources.
+
+Audio: the formats audiocaps, clotho and esc50 take --audio DIR (the folder of
+audio files) instead of --images, and --sample-rate, --min-seconds,
+--max-seconds; they are built by mmjax.data.prepare_audio, whose docstring
+gives the layouts and what is checked.
 """
 
 import argparse
@@ -260,9 +265,22 @@ def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m mmjax.data.prepare", description=summary, epilog=details,
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("format", choices=tuple(sources.READERS), help="layout of --source")
-  parser.add_argument("--source", required=True, help="the captions file")
-  parser.add_argument("--images", required=True, help="directory the image paths are relative to")
+  # The audio build imports this module: imported here, not at the top.
+  from mmjax.data import audio_io, audio_sources, prepare_audio  # pylint: disable=g-import-not-at-top
+  audio_formats = tuple(audio_sources.READERS)
+  parser.add_argument("format", choices=(*sources.READERS, *audio_formats),
+                      help="layout of --source")
+  parser.add_argument("--source", required=True,
+                      help="the captions file (audio formats: a CSV or its folder)")
+  parser.add_argument("--images", help="directory the image paths are relative to")
+  parser.add_argument("--audio", help="audio formats: the folder of audio files (esc50: "
+                      "default <source>/audio)")
+  parser.add_argument("--sample-rate", type=int, default=prepare_audio.SAMPLE_RATE,
+                      help="audio formats: the rate clips are stored at (Hz)")
+  parser.add_argument("--min-seconds", type=float, default=audio_io.MIN_SECONDS,
+                      help="audio formats: skip shorter clips")
+  parser.add_argument("--max-seconds", type=float, default=audio_io.MAX_SECONDS,
+                      help="audio formats: keep the start of longer clips")
   parser.add_argument("--data-dir", required=True, help="where datasets are prepared")
   parser.add_argument("--name", help="dataset name (default: FORMAT)")
   parser.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
@@ -284,12 +302,25 @@ def main(argv: list[str] | None = None) -> int:
   import tensorflow_datasets as tfds
   logging.set_verbosity(logging.ERROR)  # tfds warns about folders it is creating
   tfds.display_progress_bar(False)  # ours counts images across all splits
+  if args.format in audio_formats:
+    if args.images:
+      parser.error(f"{args.format} is an audio format: give --audio DIR, not --images.")
+  elif not args.images:
+    parser.error(f"{args.format} needs --images DIR (the folder the image paths are "
+                 "relative to).")
   try:
-    prepare(args.format, args.source, args.images, args.data_dir, args.name,
-            overwrite=args.overwrite, image_format=args.image_format,
-            max_side=args.max_side, min_side=args.min_side, quality=args.quality,
-            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-            workers=args.workers)
+    if args.format in audio_formats:
+      prepare_audio.prepare(args.format, args.source, args.audio, args.data_dir, args.name,
+                            overwrite=args.overwrite, sample_rate=args.sample_rate,
+                            min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+                            val_fraction=args.val_fraction,
+                            test_fraction=args.test_fraction, workers=args.workers)
+    else:
+      prepare(args.format, args.source, args.images, args.data_dir, args.name,
+              overwrite=args.overwrite, image_format=args.image_format,
+              max_side=args.max_side, min_side=args.min_side, quality=args.quality,
+              val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+              workers=args.workers)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 1

@@ -35,6 +35,9 @@ REASONS = {
     "empty_caption": DROPPED, "non_utf8_caption": DROPPED, "malformed_caption": DROPPED,
     "duplicate_caption": DROPPED,
     "long_caption": NOTED,
+    # Audio files (mmjax.data.audio_io); the fixes made to kept clips are noted.
+    "missing_audio": SKIPPED, "unreadable_audio": SKIPPED, "truncated_audio": SKIPPED,
+    "corrupt_audio": SKIPPED, "silent_audio": SKIPPED, "too_short_audio": SKIPPED,
 }
 
 

@@ -39,6 +39,8 @@ EVALUATORS = {
     "zeroshot": "mmjax.data.shapes_evaluators.ZeroShot",
     "heldout": "mmjax.data.shapes_evaluators.HeldOut",
     "itm": "mmjax.data.shapes_evaluators.Matching",
+    "audio_zeroshot": "mmjax.eval.audio_zeroshot.AudioZeroShot",
+    "fusion": "mmjax.data.shapes_fusion.Fusion",
 }
 SPEC_KEYS = ("kind", "every")
 

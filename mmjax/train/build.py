@@ -50,6 +50,7 @@ def check(config) -> dict[str, losses.Term]:
           f"config.model.towers.{modality} reads batch field "
           f"{spec.get('input', modality)!r}, but batches hold {sorted(fields)}; set its "
           "`input` to one of them, or add the field (config.data.fields).")
+  _check_sample_rates(config)
   names = outputs(config, model_)
   losses.check(terms, names, fields, config.model.towers.keys())
   _check_loss_impl(config.loss.impl, terms)
@@ -59,6 +60,22 @@ def check(config) -> dict[str, losses.Term]:
   shape = mesh_lib.mesh_shape(config.mesh, jax.device_count())
   mesh_lib.check_batch(config.batch_size, shape, config.optim.grad_accum_steps)
   return terms
+
+
+def _check_sample_rates(config) -> None:
+  """A tower whose feature stage reads audio must expect the data's sample rate:
+  at another rate every pitch lands in the wrong mel band, silently."""
+  rate = pipeline.audio_sample_rate(config.data)
+  for modality, spec in config.model.towers.items():
+    features = spec.get("features") or {}
+    expected = features.get("sample_rate")
+    if rate is None or expected is None or spec.get("input", modality) != "audio":
+      continue
+    if float(expected) != float(rate):
+      raise configs.ConfigError(
+          f"config.model.towers.{modality}.features.sample_rate={expected}, but the data's "
+          f"audio is at {rate} Hz; set it to {rate} (or resample the data: prepare it at "
+          f"{expected} Hz, or set config.data.sample_rate for a prepared dataset).")
 
 
 def _check_names(config) -> None:
@@ -167,8 +184,7 @@ def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer | wordpiece.WordP
     directory = paths.join(workdir, "tokenizer")
   path = paths.join(directory, name)
   return tokenizer_lib.cached_tokenizer(
-      path, lambda: image_text.train_captions(data.data_dir, data.name,
-                                              limit=TOKENIZER_IMAGES),
+      path, lambda: pipeline.train_captions(data, limit=TOKENIZER_IMAGES),
       data.vocab_size)
 
 

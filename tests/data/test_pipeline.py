@@ -229,7 +229,7 @@ def test_eval_split_carries_the_fields_aligned_with_its_images(tok):
 
 def test_unknown_field_is_rejected_with_the_known_ones():
   config = _shapes_config(("sketch", "depth"))
-  with pytest.raises(ValueError, match=r"'depth'.*\['scene_id', 'sketch'\].*remove it "
+  with pytest.raises(ValueError, match=r"'depth'.*\['audio', 'scene_id', 'sketch'\].*remove it "
                                        r"from config.data.fields"):
     pipeline.check_data_config(config.data)
   with pytest.raises(ValueError, match="'depth'"):

@@ -137,10 +137,10 @@ def test_scene_ids_never_collide_over_every_possible_scene():
 def test_fields_and_specs_agree():
   images = shapes.test_split(image_size=16, num_images=3)["image"]
   scenes = shapes.test_split(image_size=16, num_images=3)["scenes"]
-  assert set(shapes_views.FIELDS) == {"sketch", "scene_id"}
+  assert set(shapes_views.FIELDS) == {"sketch", "scene_id", "audio"}
   for name, fn in shapes_views.FIELDS.items():
     value = fn(images, scenes)
     shape, dtype = shapes_views.field_spec(name, 16)
     assert value.shape == (3, *shape) and value.dtype == dtype
-  with pytest.raises(ValueError, match="'scene_id', 'sketch'"):
+  with pytest.raises(ValueError, match="'audio', 'scene_id', 'sketch'"):
     shapes_views.field_spec("depth", 16)

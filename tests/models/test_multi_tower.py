@@ -32,7 +32,7 @@ BATCH = {
     "sketch": RNG.integers(0, 256, (B, 8, 8, 1), dtype=np.uint8),
 }
 IMAGE_TEXT = {"image": BATCH["image"], "text": BATCH["text"]}
-REGISTERED = ["bert", "cnn", "transformer", "vit"]
+REGISTERED = ["ast", "audio_cnn", "bert", "cnn", "transformer", "vit"]
 
 
 def _model(towers, heads=None, **kwargs):
@@ -182,7 +182,8 @@ def test_tower_without_a_kind_says_what_to_set():
   model = _model({"image": IMAGE, "text": {k: v for k, v in TEXT.items() if k != "kind"}})
   with pytest.raises(registry.UnknownNameError,
                      match=r"tower kind \(config.model.towers.text.kind\) is not set; choose "
-                           r"one of \['bert', 'cnn', 'transformer', 'vit'\] or a dotted path"):
+                           r"one of \['ast', 'audio_cnn', 'bert', 'cnn', 'transformer', "
+                           r"'vit'\] or a dotted path"):
     model.init(jax.random.key(0), IMAGE_TEXT)
 
 

@@ -104,7 +104,7 @@ def test_bert_tower_is_bert_encoder_then_projection():
 def test_unknown_kind_and_foreign_keys_name_the_fix():
   with pytest.raises(registry.UnknownNameError,
                      match=r"unknown tower kind \(config.model.towers.text.kind\) 'gpt'\. "
-                           r"Registered: \['bert', 'cnn', 'transformer', 'vit'\]"):
+                           r"Registered: \['ast', 'audio_cnn', 'bert', 'cnn', 'transformer', 'vit'\]"):
     _init(_multi_tower({**TEXT, "kind": "gpt"}))
   # build.model checks a tower's keys against its class before anything is traced.
   config = tiny_config(**{"model.towers.text": {**BERT, "causal": True}})

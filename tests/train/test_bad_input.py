@@ -107,6 +107,19 @@ def test_a_good_three_tower_config_checks_without_compiling(caplog):
   assert terms["sketch_text"].pair == ("sketch", "text")
 
 
+def test_an_audio_tower_at_another_sample_rate_than_the_data_fails(caplog):
+  config = _config(**{"data.fields": ("audio",)})
+  config.model.towers.audio = dict(
+      kind="ast", input="audio", frames=98, patch=(14, 8), width=8, depth=1, num_heads=2,
+      features=dict(fn="mmjax.data.audio.log_mel", sample_rate=22050, n_fft=400,
+                    hop_length=160, n_mels=16, center=False))
+  config.loss.terms = {"audio_text": dict(fn="sigmoid_contrastive", pair=("audio", "text"))}
+  check_fails(caplog, config, configs.ConfigError,
+              r"towers.audio.features.sample_rate=22050, but the data's audio is at 16000 Hz")
+  config.model.towers.audio.features.sample_rate = 16000
+  assert "audio_text" in build.check(config)
+
+
 # Towers and heads.
 
 def test_unknown_tower_kind_lists_the_registered_kinds_and_dotted_paths(caplog):
@@ -115,7 +128,7 @@ def test_unknown_tower_kind_lists_the_registered_kinds_and_dotted_paths(caplog):
   msg = check_fails(caplog, config, registry.UnknownNameError,
                     r"unknown tower kind \(config.model.towers.image.kind\) 'vitt'")
   assert "Did you mean 'vit'?" in msg
-  assert "Registered: ['bert', 'cnn', 'transformer', 'vit']" in msg
+  assert "Registered: ['ast', 'audio_cnn', 'bert', 'cnn', 'transformer', 'vit']" in msg
   assert "dotted path, e.g. 'mypkg.module.vitt'" in msg
 
 
@@ -288,7 +301,7 @@ def test_a_fork_evaluator_that_does_not_import(caplog):
   config.eval.evaluators.mine = dict(kind="retrievl", every=0)
   msg = check_fails(caplog, config, registry.UnknownNameError,
                     r"unknown evaluator kind \(config.eval.evaluators.mine.kind\) 'retrievl'")
-  assert "Registered: ['heldout', 'itm', 'retrieval', 'zeroshot']" in msg
+  assert f"Registered: {sorted(evaluators.EVALUATORS)}" in msg
 
 
 def test_an_evaluator_over_a_field_the_test_split_lacks():

@@ -50,8 +50,10 @@ def test_unknown_dataset_is_named():
     build.check(tiny_config(**{"data.name": "coco"}))
 
 
-# Experiments whose config is a released model's workdir (`--config FILE.py:DIR`).
-FROM_A_WORKDIR = ("released_eval", "released_finetune")
+# Experiments whose config is a workdir's (`--config FILE.py:DIR`): a released
+# model's (tests/hub/test_released_runs.py) or a trained audio run's
+# (tests/train/test_audio_text.py).
+FROM_A_WORKDIR = ("released_eval", "released_finetune", "esc50_zeroshot")
 
 
 def test_experiment_files_are_valid():
@@ -64,7 +66,7 @@ def test_experiment_files_are_valid():
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if path.stem in FROM_A_WORKDIR:  # tested with a workdir in tests/hub/test_released_runs.py
+    if path.stem in FROM_A_WORKDIR:  # tested with a workdir where named above
       with pytest.raises(ValueError, match="workdir after the config file"):
         module.get_config()
       continue
