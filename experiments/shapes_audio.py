@@ -8,6 +8,9 @@ from the raw waveform (the tower's `features` entry).
 Alignment is anchored on text, as ImageBind anchors on images: sigmoid terms
 align image-text and audio-text, and no term ever sees an (audio, image) pair.
 Retrieval is reported for every pair; audio <-> image is the emergent one.
+At the end: zero-shot classification of the sounds from text prompts, and
+fusion heads that classify a scene's colour and shape from all three
+modalities at once, beside each modality alone.
 
   python -m mmjax.train --config experiments/shapes_audio.py --workdir runs/audio
 """
@@ -38,4 +41,8 @@ def get_config():
   # Never trained: audio and image meet only through text.
   evaluators.retrieval_audio_image = dict(kind="retrieval", every=0, pair=("audio", "image"))
   evaluators.zeroshot_audio = dict(kind="zeroshot", every=-1, modality="audio")
+  # Classification heads over the frozen towers' image, text and audio
+  # features together, against each modality alone (mmjax/data/shapes_fusion.py).
+  evaluators.fusion.every = -1
+  evaluators.fusion.task = ("colour", "shape")
   return config

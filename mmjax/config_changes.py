@@ -14,6 +14,14 @@ RUNTIME_KEYS = ("log_every", "eval_every", "checkpoint_every", "checkpoint", "ev
                 "data.prefetch", "data.data_dir")
 
 
+def _as_json(value):
+  """Tuples become lists at every depth, as a JSON round trip makes them:
+  (("image", "text"),) and [["image", "text"]] are one value."""
+  if isinstance(value, (tuple, list)):
+    return [_as_json(v) for v in value]
+  return value
+
+
 def flatten(tree: dict, prefix: str = "") -> dict:
   """{"a": {"b": 1}} -> {"a.b": 1}; tuples become lists (as JSON has them)."""
   out = {}
@@ -22,7 +30,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     if isinstance(value, dict):
       out.update(flatten(value, name + "."))
     else:
-      out[name] = list(value) if isinstance(value, tuple) else value
+      out[name] = _as_json(value)
   return out
 
 

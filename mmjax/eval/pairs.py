@@ -1,8 +1,10 @@
 """Pairs and scores for image-text matching: hard-negative mining and binary metrics.
 
 `make_pairs` builds balanced positive / hard-negative (image, caption) pairs
-from contrastive embeddings (see `mmjax.eval.matching` for how they are used);
-`binary_metrics` and `roc_auc` score a matcher's logits on them.
+from contrastive embeddings (see `mmjax.train.matching` for how they are used);
+`binary_metrics` and `roc_auc` score a matcher's logits on them, and
+`multiclass_metrics` a classifier's (the fusion heads'), with the same
+definitions per class.
 """
 
 import functools
@@ -45,12 +47,58 @@ def binary_metrics(logits, labels, threshold: float = 0.0) -> dict[str, float]:
   logits = np.asarray(logits, np.float64)
   labels = np.asarray(labels).astype(bool)
   pred = logits > threshold
+  return {"accuracy": float((pred == labels).mean()), **_precision_recall_f1(pred, labels),
+          "auc": roc_auc(logits, labels)}
+
+
+def _precision_recall_f1(pred, labels) -> dict[str, float]:
+  """Of the positive class; pred, labels: [P] bool. 0 for what has no denominator."""
   tp = int((pred & labels).sum())
   precision = tp / max(int(pred.sum()), 1)
   recall = tp / max(int(labels.sum()), 1)
   f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
-  return {"accuracy": float((pred == labels).mean()), "precision": precision,
-          "recall": recall, "f1": f1, "auc": roc_auc(logits, labels)}
+  return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def multiclass_metrics(logits, labels) -> dict[str, float]:
+  """Accuracy of the argmax, and macro-averaged precision, recall, F1 and
+  one-vs-rest ROC AUC.
+
+  Each class k is scored as binary_metrics scores the positive class, with
+  "predicted k" (argmax, ties to the lower class) against "labelled k":
+  precision, recall and F1 with the same conventions, then averaged over the
+  classes that occur in labels or predictions (scikit-learn's macro average).
+  The AUC of class k ranks examples by its softmax probability (as
+  scikit-learn's multi_class="ovr" does) and is averaged over the classes
+  that occur in labels: a class no example has has no ROC curve. For K = 2
+  the accuracy and AUC are binary_metrics' of logit_1 - logit_0.
+
+  logits: [P, K] float; labels: [P] ints in [0, K), at least two classes present.
+  """
+  logits = np.asarray(logits, np.float64)
+  labels = np.asarray(labels)
+  if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+    raise ValueError(f"multiclass_metrics takes logits [P, K] and labels [P]; got "
+                     f"{logits.shape} and {labels.shape}.")
+  k = logits.shape[1]
+  if labels.size and (labels.min() < 0 or labels.max() >= k):
+    raise ValueError(f"labels must be class indices in [0, {k}); got values from "
+                     f"{labels.min()} to {labels.max()}.")
+  present = np.unique(labels)
+  if len(present) < 2:
+    raise ValueError(f"multiclass_metrics needs examples of two or more classes; the labels "
+                     f"hold {present.tolist()} only.")
+  pred = logits.argmax(axis=1)
+  per_class = [_precision_recall_f1(pred == c, labels == c)
+               for c in np.union1d(present, pred)]
+  # Log-probabilities rank as the probabilities do, but a confident head's
+  # small probabilities do not underflow to ties at 0.
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+  return {"accuracy": float((pred == labels).mean()),
+          **{key: float(np.mean([m[key] for m in per_class]))
+             for key in ("precision", "recall", "f1")},
+          "auc": float(np.mean([roc_auc(log_probs[:, c], labels == c) for c in present]))}
 
 
 # --- hard negatives and pairs ------------------------------------------------

@@ -22,9 +22,12 @@ size of the test split.
 
 Training (`train_head`): with frozen towers (the default) the towers' outputs
 on the train data are computed once, pairs mined once on them, and the head
-trained with Adam on the binary cross-entropy of shuffled minibatches. With
-freeze_towers=False the towers train too, and negatives are mined within each
-batch from the current embeddings (ALBEF's in-batch mining).
+trained with Adam on the binary cross-entropy of shuffled minibatches
+(`fit_minibatches`, the loop mmjax.train.fusion's classifiers share; their
+features come from `modality_features`, of which tower_features is the
+image-text case). With freeze_towers=False the towers train too, and
+negatives are mined within each batch from the current embeddings (ALBEF's
+in-batch mining).
 
 Metrics (`evaluate_head`): accuracy, precision, recall and F1 of logit > 0,
 and ROC AUC, as "itm/<kind>/<metric>". A trained head is stored in the params
@@ -99,34 +102,53 @@ def encode_tokens(model, variables, images=None, tokens=None) -> dict:
   return out
 
 
-@functools.lru_cache(maxsize=8)
-def _encoder(model, side: str, sharding):
+@functools.lru_cache(maxsize=16)
+def _encoder(model, modality: str, tokens: bool, sharding):
   def encode(params, x):
-    args = (x, None) if side == "image" else (None, x)
-    return encode_tokens(model, {"params": params}, *args)
+    return model.apply({"params": params}, x, modality, tokens=tokens, method=model.features)
 
   return jax.jit(encode) if sharding is None else jax.jit(encode, out_shardings=sharding)
 
 
-def tower_features(model, params, data: Mapping, *, tokens: bool = True,
-                   batch_size: int = 256) -> dict[str, np.ndarray]:
-  """The towers' outputs on data (see the module docstring).
+def modality_features(model, params, inputs: Mapping, *, tokens: bool = True,
+                      batch_size: int = 256) -> dict[str, np.ndarray]:
+  """The frozen towers' outputs (model.features) on each modality's inputs,
+  in fixed-size batches, for heads trained on top of them.
 
-  Returns {"zimg": [N, D], "ztxt": [M, D]} float32 and, with tokens,
-  "image_tokens" [N, P, W_img], "text_tokens" [M, L, W_txt] float32 and
-  "text_mask" [M, L] bool (encode_tokens).
+  params: the model's params (heads in the tree are ignored); inputs:
+  {modality: [N_m, ...] of its tower's input field}.
+  Returns {"z/<m>": [N_m, D]} float32 and, with tokens, "tokens/<m>"
+  [N_m, T, W] float32 and, for towers that pad, "mask/<m>" [N_m, T] bool:
+  MultiTower's output names, which the fusion_n heads read.
   """
   params = tower_params(params)
   sharding = replicated_like(params)
   put = (lambda x: x) if sharding is None else (lambda x: jax.device_put(x, sharding))
   out = {}
-  for side in ("image", "text"):
-    fn = _encoder(model, side, sharding)
-    feats = batched(lambda c: {k: v for k, v in fn(params, put(c)).items()
-                               if tokens or k in ("zimg", "ztxt")},
-                    np.asarray(data[side]), batch_size)
-    out.update({k: v if v.dtype == bool else v.astype(np.float32) for k, v in feats.items()})
+  for modality, x in inputs.items():
+    fn = _encoder(model, modality, tokens, sharding)
+    feats = batched(lambda c: fn(params, put(c)), np.asarray(x), batch_size)
+    out.update({f"{k}/{modality}": v if v.dtype == bool else v.astype(np.float32)
+                for k, v in feats.items()})
   return out
+
+
+# modality_features' names -> the ITM heads' (fusion.py's feats).
+_ITM_NAMES = {"z/image": "zimg", "tokens/image": "image_tokens", "z/text": "ztxt",
+              "tokens/text": "text_tokens", "mask/text": "text_mask"}
+
+
+def tower_features(model, params, data: Mapping, *, tokens: bool = True,
+                   batch_size: int = 256) -> dict[str, np.ndarray]:
+  """The image and text towers' outputs on data (see the module docstring).
+
+  Returns {"zimg": [N, D], "ztxt": [M, D]} float32 and, with tokens,
+  "image_tokens" [N, P, W_img], "text_tokens" [M, L, W_txt] float32 and
+  "text_mask" [M, L] bool (as encode_tokens).
+  """
+  feats = modality_features(model, params, {"image": data["image"], "text": data["text"]},
+                            tokens=tokens, batch_size=batch_size)
+  return {_ITM_NAMES[k]: v for k, v in feats.items() if k in _ITM_NAMES}
 
 
 def _gather(feats: Mapping, image, text) -> dict:
@@ -184,31 +206,48 @@ def train_head(kind: str, model, params, train_data: Mapping, *, steps: int = 10
                      _group(train_data), top_k=top_k, seed=seed, easy_fraction=easy_fraction,
                      pool=pool)
 
-  @jax.jit
-  def step(head_params, opt_state, feats, image, text, label):
-    def loss_fn(p):
-      logits = head.apply({"params": p}, _gather(feats, image, text))
-      return optax.sigmoid_binary_cross_entropy(logits, label).mean()
-
-    updates, opt_state = tx.update(jax.grad(loss_fn)(head_params), opt_state, head_params)
-    return optax.apply_updates(head_params, updates), opt_state
+  def loss_fn(p, data, index):
+    logits = head.apply({"params": p}, _gather(data["feats"], data["image"][index],
+                                               data["text"][index]))
+    return optax.sigmoid_binary_cross_entropy(logits, data["label"][index]).mean()
 
   head_params = nn.meta.unbox(head.init(jax.random.key(seed),
                                         _gather(feats, pairs["image"][:1], pairs["text"][:1])))
-  head_params = head_params["params"]
-  opt_state = tx.init(head_params)
+  data = {"feats": feats, **{k: jnp.asarray(pairs[k]) for k in ("image", "text", "label")}}
+  head_params = fit_minibatches(loss_fn, head_params["params"], data, len(pairs["label"]), tx,
+                                steps=steps, batch_size=batch_size, seed=seed)
+  return {**dict(params), head_key(kind): head_params}
+
+
+def fit_minibatches(loss_fn, params, data, num_examples: int, tx, *, steps: int,
+                    batch_size: int, seed: int):
+  """`steps` updates of `tx` on loss_fn over shuffled minibatches of the
+  examples 0 .. num_examples - 1: the training loop of the heads on frozen
+  towers (ITM here, the fusion classifiers in mmjax.train.fusion).
+
+  loss_fn(params, data, index) -> scalar: the loss of examples `index` (int32
+  [b]); data: a pytree of arrays over all examples, on device once and passed
+  to the jitted step as an argument (not baked into the program as a
+  constant). A fresh shuffle (np.random.default_rng(seed)) every epoch; every
+  batch full (batch_size at most num_examples). Returns the trained params.
+  """
+  @jax.jit
+  def step(params, opt_state, data, index):
+    updates, opt_state = tx.update(jax.grad(loss_fn)(params, data, index), opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  opt_state = jax.jit(tx.init)(params)  # eagerly, each leaf's zeros would compile an op
   rng = np.random.default_rng(seed)
-  n = len(pairs["label"])
+  n = num_examples
   batch_size = min(batch_size, n)
   order, cursor = rng.permutation(n), 0
   for _ in range(steps):
-    if cursor + batch_size > n:  # a fresh shuffle each epoch; every batch full
+    if cursor + batch_size > n:
       order, cursor = rng.permutation(n), 0
-    b = order[cursor:cursor + batch_size]
+    index = order[cursor:cursor + batch_size].astype(np.int32)
     cursor += batch_size
-    head_params, opt_state = step(head_params, opt_state, feats, pairs["image"][b],
-                                  pairs["text"][b], pairs["label"][b])
-  return {**dict(params), head_key(kind): head_params}
+    params, opt_state = step(params, opt_state, data, index)
+  return params
 
 
 def _train_with_towers(head, tx, model, towers, data, *, steps, batch_size, seed, top_k):

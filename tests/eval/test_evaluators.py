@@ -4,6 +4,7 @@ compiles), the Retrieval evaluator over any pair on hand-made embeddings, the
 Encoders of a tiny model, and the printed results."""
 
 import contextlib
+import re
 
 import jax
 import jax.monitoring
@@ -129,7 +130,8 @@ def test_specs_of_the_default_config():
   assert out == {"retrieval": {"kind": "retrieval", "every": 0, "pair": ("image", "text")},
                  "zeroshot": {"kind": "zeroshot", "every": None},
                  "itm": {"kind": "itm", "every": None},
-                 "heldout": {"kind": "heldout", "every": None}}
+                 "heldout": {"kind": "heldout", "every": None},
+                 "fusion": {"kind": "fusion", "every": None}}
   assert all(type(s) is dict for s in out.values())
   assert evaluators.enabled(tiny_config().eval.evaluators) == {
       "retrieval": {"kind": "retrieval", "every": 0, "pair": ("image", "text")}}
@@ -243,7 +245,7 @@ _SKETCH = {"data.fields": ("sketch",)}
 @pytest.mark.parametrize("overrides, pattern", [
     ({"eval.evaluators.ocr": {"kind": "ocr", "every": 0}},
      r"unknown evaluator kind \(config.eval.evaluators.ocr.kind\) 'ocr'\. Registered: "
-     r"\['heldout', 'itm', 'retrieval', 'zeroshot'\]; or name your own by its dotted "
+     + re.escape(str(sorted(evaluators.EVALUATORS))) + r"; or name your own by its dotted "
      r"path, e.g. 'mypkg.module.ocr'"),
     ({"eval.evaluators.ocr": {"kind": "retreival", "every": 0}},
      r"unknown evaluator kind .*'retreival'\. Did you mean 'retrieval'\?"),

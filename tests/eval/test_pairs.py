@@ -50,6 +50,77 @@ def test_binary_metrics_on_a_constructed_case():
   assert none["accuracy"] == 0.5
 
 
+def confusion_metrics(logits, labels):
+  """Macro precision, recall, F1 from a confusion matrix over the classes seen
+  in labels or predictions, and the one-vs-rest AUC over softmax probabilities
+  by pairwise counting: multiclass_metrics' definitions, computed another way."""
+  k = logits.shape[1]
+  pred = logits.argmax(1)
+  cm = np.zeros((k, k), int)  # rows: labels, columns: predictions
+  np.add.at(cm, (labels, pred), 1)
+  seen = (cm.sum(0) + cm.sum(1)) > 0
+  tp = np.diag(cm)[seen].astype(float)
+  precision = np.where(cm.sum(0)[seen] > 0, tp / np.maximum(cm.sum(0)[seen], 1), 0)
+  recall = np.where(cm.sum(1)[seen] > 0, tp / np.maximum(cm.sum(1)[seen], 1), 0)
+  f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0)
+  probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  aucs = [brute_force_auc(probs[:, c], labels == c) for c in np.unique(labels)]
+  return {"accuracy": np.trace(cm) / len(labels), "precision": precision.mean(),
+          "recall": recall.mean(), "f1": f1.mean(), "auc": np.mean(aucs)}
+
+
+def test_multiclass_metrics_equal_scikit_learns_on_a_constructed_case():
+  logits = np.array([[2.0, 0.5, -1.0], [0.1, 1.5, 0.3], [-0.5, 0.2, 2.2], [1.0, 1.2, -0.3],
+                     [0.3, -0.2, 0.9], [2.5, -1.0, 0.0], [-1.0, 0.4, 0.1], [0.0, 2.0, 1.9],
+                     [0.7, 0.6, 0.8], [1.1, -0.4, 0.2]])
+  # scikit-learn 1.9.1: accuracy_score; precision_recall_fscore_support(average="macro",
+  # zero_division=0); roc_auc_score(labels, softmax(logits), multi_class="ovr").
+  m = pairs_lib.multiclass_metrics(logits, np.array([0, 1, 2, 0, 2, 0, 1, 2, 1, 2]))
+  assert m == pytest.approx({"accuracy": 0.6, "precision": 0.611111111111111,
+                             "recall": 0.611111111111111, "f1": 0.6031746031746031,
+                             "auc": 0.9246031746031745}, abs=1e-12)
+  # Class 2 predicted but never labelled: it counts in the macro average (with
+  # precision, recall and F1 0), not in the AUC.
+  m = pairs_lib.multiclass_metrics(logits, np.array([0, 1, 1, 0, 1, 0, 1, 1, 1, 0]))
+  assert m["accuracy"] == pytest.approx(0.6)
+  assert (m["precision"], m["recall"], m["f1"]) == pytest.approx(
+      (0.5833333333333334, 0.4166666666666667, 0.4857142857142857), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_multiclass_metrics_equal_a_confusion_matrix_count(seed):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 5, 120)
+  logits = rng.normal(size=(120, 6)) + 1.5 * np.eye(6)[labels]  # class 5: never labelled
+  logits[:10] = np.round(logits[:10])  # some tied probabilities
+  m = pairs_lib.multiclass_metrics(logits, labels)
+  want = confusion_metrics(logits, labels)
+  assert m == pytest.approx(want, abs=1e-12)
+  assert all(isinstance(v, float) for v in m.values())
+
+
+def test_two_classes_agree_with_binary_metrics():
+  rng = np.random.default_rng(0)
+  labels = rng.random(300) < 0.4
+  logits = rng.normal(size=(300, 2)) + np.stack([~labels, labels], 1)
+  m = pairs_lib.multiclass_metrics(logits, labels.astype(int))
+  d = logits[:, 1] - logits[:, 0]
+  positive, negative = pairs_lib.binary_metrics(d, labels), pairs_lib.binary_metrics(-d, ~labels)
+  assert m["accuracy"] == positive["accuracy"] == negative["accuracy"]
+  assert m["auc"] == pytest.approx(positive["auc"], abs=1e-12)
+  for key in ("precision", "recall", "f1"):  # the macro average of both classes
+    assert m[key] == pytest.approx((positive[key] + negative[key]) / 2, abs=1e-12)
+
+
+def test_multiclass_metrics_reject_what_they_cannot_score():
+  with pytest.raises(ValueError, match=r"two or more classes; the labels hold \[1\] only"):
+    pairs_lib.multiclass_metrics(np.zeros((3, 2)), [1, 1, 1])
+  with pytest.raises(ValueError, match=r"logits \[P, K\] and labels \[P\]"):
+    pairs_lib.multiclass_metrics(np.zeros(3), [0, 1, 0])
+  with pytest.raises(ValueError, match=r"class indices in \[0, 2\); got values from 0 to 2"):
+    pairs_lib.multiclass_metrics(np.zeros((3, 2)), [0, 1, 2])
+
+
 # --- mining and pairs --------------------------------------------------------
 
 

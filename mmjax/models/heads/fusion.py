@@ -14,6 +14,9 @@ The three heads are three answers to "where do the modalities meet":
   weighted_sum      after pooling, through a learned per-dimension cosine
   cross_attention   before pooling: each caption token looks for its evidence
                     among the image's patches (ALBEF / BLIP style)
+
+`fusion_n` holds their counterparts for classification from any number of
+modalities (built on `dense` and `CrossAttentionBlock` from here).
 """
 
 import flax.linen as nn
@@ -25,7 +28,8 @@ from mmjax.models.layers import logical
 POOLS = ("mean", "eos")
 
 
-def _dense(features, in_name, out_name, name, dtype):
+def dense(features, in_name, out_name, name, dtype):
+  """A Dense layer whose kernel and bias carry logical axis names (in_name, out_name)."""
   return nn.Dense(features, dtype=dtype, name=name,
                   kernel_init=logical(layers.DEFAULT_KERNEL_INIT, in_name, out_name),
                   bias_init=logical(nn.initializers.zeros, out_name))
@@ -60,9 +64,9 @@ class ConcatMLP(nn.Module):
       parts += [zimg * ztxt, jnp.abs(zimg - ztxt)]
     x = jnp.concatenate(parts, axis=-1).astype(self.dtype)
     for i in range(self.depth):
-      x = nn.gelu(_dense(self.hidden, "joint" if i == 0 else None, "mlp", f"fc{i}",
-                         self.dtype)(x), approximate=True)
-    return _dense(1, "mlp", None, "out", self.dtype)(x)[..., 0].astype(jnp.float32)
+      x = nn.gelu(dense(self.hidden, "joint" if i == 0 else None, "mlp", f"fc{i}",
+                        self.dtype)(x), approximate=True)
+    return dense(1, "mlp", None, "out", self.dtype)(x)[..., 0].astype(jnp.float32)
 
 
 class WeightedSum(nn.Module):
@@ -94,14 +98,17 @@ class WeightedSum(nn.Module):
 
 
 class CrossAttentionBlock(nn.Module):
-  """Text tokens attend over image tokens, then compare what they found.
+  """Query tokens attend over context tokens, then compare what they found.
 
-  The comparison is an MLP over [y, a, y * a] (y: the normed text token, a:
+  The comparison is an MLP over [y, a, y * a] (y: the normed query token, a:
   what it attended to), as in ESIM (Chen et al., 2017): the product makes
   "this word found its match" a linear feature. A plain residual x + a would
   leave it to be inferred from the sum, which LayerNorm then rescales away.
+  In ITM the queries are caption tokens and the context image patches; in
+  fusion_n they are learned queries over every modality's tokens.
 
-  x: [B, L, W] text, image: [B, P, W] -> [B, L, W]
+  x: [B, L, W] queries, context: [B, P, W], mask: optional bool [B, P] (True
+  on real context tokens; padding gets no attention) -> [B, L, W]
   """
 
   num_heads: int
@@ -109,7 +116,7 @@ class CrossAttentionBlock(nn.Module):
   dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, x, image):
+  def __call__(self, x, context, mask=None):
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"cross_attention width {width} is not divisible by num_heads "
@@ -122,15 +129,17 @@ class CrossAttentionBlock(nn.Module):
     kv = nn.DenseGeneral((2, self.num_heads, head_dim), dtype=self.dtype, name="kv",
                          kernel_init=logical(layers.DEFAULT_KERNEL_INIT, "embed", None, "heads",
                                              "kv"),
-                         bias_init=logical(nn.initializers.zeros, None, "heads", "kv"))(image)
-    a = layers.attend(q, kv[:, :, 0], kv[:, :, 1], dtype=self.dtype)  # image has no padding
+                         bias_init=logical(nn.initializers.zeros, None, "heads", "kv"))(context)
+    if mask is not None:
+      mask = mask[:, None, None, :]  # [B, 1 (heads), 1 (queries), P]
+    a = layers.attend(q, kv[:, :, 0], kv[:, :, 1], mask, dtype=self.dtype)
     a = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name="out",
                         kernel_init=logical(layers.DEFAULT_KERNEL_INIT, "heads", "kv", "embed"),
                         bias_init=logical(nn.initializers.zeros, "embed"))(a)
     h = jnp.concatenate([y, a, y * a], axis=-1)
-    h = nn.gelu(_dense(self.mlp_dim, None, "mlp", "compare_fc1", self.dtype)(h),
+    h = nn.gelu(dense(self.mlp_dim, None, "mlp", "compare_fc1", self.dtype)(h),
                 approximate=True)
-    return x + _dense(width, "mlp", "embed", "compare_fc2", self.dtype)(h)
+    return x + dense(width, "mlp", "embed", "compare_fc2", self.dtype)(h)
 
 
 class CrossAttention(nn.Module):
@@ -164,9 +173,9 @@ class CrossAttention(nn.Module):
     if self.pool not in POOLS:
       raise ValueError(f"cross_attention pool={self.pool!r}; choose one of {POOLS}.")
     mask = feats["text_mask"]
-    x = _dense(self.width, None, "embed", "text_in", self.dtype)(
+    x = dense(self.width, None, "embed", "text_in", self.dtype)(
         feats["text_tokens"].astype(self.dtype))
-    image = _dense(self.width, None, "embed", "image_in", self.dtype)(
+    image = dense(self.width, None, "embed", "image_in", self.dtype)(
         feats["image_tokens"].astype(self.dtype))
     image = layers.LayerNorm(dtype=self.dtype, name="image_ln")(image)
     for i in range(self.depth):
@@ -179,7 +188,7 @@ class CrossAttention(nn.Module):
     else:
       last = jnp.maximum(mask.sum(axis=1) - 1, 0)  # index of the last real token
       pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
-    return _dense(1, "embed", None, "out", self.dtype)(pooled)[..., 0].astype(jnp.float32)
+    return dense(1, "embed", None, "out", self.dtype)(pooled)[..., 0].astype(jnp.float32)
 
 
 HEADS = {"concat_mlp": ConcatMLP, "weighted_sum": WeightedSum,
