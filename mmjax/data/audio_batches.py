@@ -26,19 +26,16 @@ they existed reads as their defaults):
 
 import concurrent.futures
 import os
-import sys
 from typing import NamedTuple, Sequence
 
-import grain
 import numpy as np
 
 from mmjax.data import audio_io
 from mmjax.data import audio_text
+from mmjax.data import prepared_batch
 from mmjax.data.tokenizer import Tokenizer
 
 CLIP_SECONDS = 10.0
-# Further records tried, in order, when one cannot be decoded (as for images).
-_MAX_RETRIES = 16
 
 
 class Settings(NamedTuple):
@@ -82,7 +79,7 @@ def batch_spec(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
           "text": ((config.data.context_length,), np.dtype(np.int32))}
 
 
-class AudioBatch:
+class AudioBatch(prepared_batch.PreparedBatch):
   """step -> rows `rows` of the batch of that step, from a prepared audio split.
 
   Returns {"audio": float32 [b, N], "text": int32 [b, L], "bad_records": int64
@@ -91,64 +88,26 @@ class AudioBatch:
   unless files changed after it). Picklable: grain sends it to its workers.
   """
 
+  FIELD = "audio"
+  ID_FIELD = "audio_id"
+  ERRORS = (ValueError,)
+
   def __init__(self, config, tokenizer: Tokenizer, rows: Sequence[int] | None):
-    self.data_dir = config.data.data_dir
-    self.name = config.data.name
-    self.split = config.data.train_split
-    self.seed = config.seed
-    self.batch_size = config.batch_size
-    self.context_length = config.data.context_length
     self.settings = settings(config.data)  # checked here: a bad value fails before workers
-    self.tokenizer = tokenizer
-    self.rows = np.arange(config.batch_size) if rows is None else np.asarray(rows)
-    self._source = None  # opened lazily, once per worker process
+    super().__init__(config, tokenizer, rows)
 
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_source"] = None  # file handles do not travel to workers
-    return state
+  def open_split(self) -> audio_text.AudioTextSource:
+    return audio_text.open_split(self.data_dir, self.name, self.split)
 
-  @property
-  def source(self):
-    if self._source is None:
-      self._source = audio_text.open_split(self.data_dir, self.name, self.split)
-      self._order = grain.MapDataset.range(len(self._source)).shuffle(
-          seed=self.seed).repeat()
-    return self._source
+  def decode(self, record: dict, rng: np.random.Generator) -> np.ndarray:
+    """The record's clip, decoded: float32 [n] at the dataset's rate."""
+    del rng
+    return audio_text.decode_clip(record["audio"], self.settings.sample_rate)
 
-  def example(self, i: int) -> tuple[np.ndarray, str, int]:
-    """Example i of the run -> (clip float32 [N], caption, bad records)."""
-    source, s = self.source, self.settings
-    rng = np.random.default_rng([self.seed, i])
-    for attempt in range(_MAX_RETRIES + 1):
-      record = source[int(self._order[i + attempt])]
-      captions = [c for c in record["captions"] if c.strip()]
-      try:
-        if not captions:
-          raise ValueError("no caption")
-        wave = audio_text.decode_clip(record["audio"], s.sample_rate)
-      except ValueError as e:
-        print(f"mmjax: skipping record {record.get('audio_id')!r} of "
-              f"{self.name}/{self.split}: {e}", file=sys.stderr, flush=True)
-        continue
-      clip = audio_io.fit_length(wave, s.clip_samples, s.pad_mode, rng)
-      return clip, captions[rng.integers(len(captions))], attempt
-    raise RuntimeError(
-        f"{_MAX_RETRIES + 1} records in a row of {self.name}/{self.split} could not be "
-        f"read (from example {i}); the data dir is damaged: rebuild it with "
-        "`python -m mmjax.data.prepare ... --overwrite`.")
-
-  def __call__(self, step: int) -> dict:
-    first = int(step) * self.batch_size
-    clips, captions, bad = [], [], 0
-    for r in self.rows:
-      clip, caption, skipped = self.example(first + int(r))
-      clips.append(clip)
-      captions.append(caption)
-      bad += skipped
-    return {"audio": np.stack(clips),
-            "text": self.tokenizer.encode(captions, self.context_length),
-            "bad_records": np.int64(bad)}
+  def fit(self, value: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The clip fitted to the training length: float32 [N]."""
+    s = self.settings
+    return audio_io.fit_length(value, s.clip_samples, s.pad_mode, rng)
 
 
 def test_fields(data_cfg) -> tuple[str, ...]:
@@ -190,15 +149,10 @@ def test_data(config, tokenizer: Tokenizer, num_items: int) -> dict:
   # soundfile decodes outside the GIL.
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
     audio = np.stack(list(pool.map(clip, records)))
-  captions, owner = [], []
-  for index, record in enumerate(records):
-    for caption in record["captions"]:
-      if caption.strip():
-        captions.append(caption)
-        owner.append(index)
+  captions, owner = prepared_batch.test_captions(records)
   return {"audio": audio,
           "text": tokenizer.encode(captions, config.data.context_length),
-          "text_to_image": np.asarray(owner, np.int32),
+          "text_to_image": owner,
           "audio_ids": np.asarray([r["audio_id"] for r in records]),
           "labels": np.asarray([r["label"] for r in records], np.int32),
           "class_names": np.asarray(source.classes or (), dtype=str)}

@@ -173,43 +173,30 @@ def check_dataset(data_dir: str, name: str) -> dict:
   return marker
 
 
-class AudioTextSource:
+class AudioTextSource(image_text.ImageTextSource):
   """Random access to one split: `len(src)`, `src[i]` -> {"audio", "captions",
   "audio_id", "label"}, the clip still encoded (decode_clip).
 
-  Wraps tfds's ArrayRecord data source; picklable, so grain workers can hold it.
+  Wraps tfds's ArrayRecord data source as ImageTextSource does; picklable, so
+  grain workers can hold it.
   """
 
   def __init__(self, tfds_source, name: str, split: str, sample_rate: int,
                classes: Sequence[str] | None):
-    self._source = tfds_source
-    self.name, self.split = name, split
+    super().__init__(tfds_source, name, split)
     self.sample_rate = sample_rate
     self.classes = None if classes is None else tuple(classes)
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int) -> dict:
-    index = int(index)
-    if not -len(self) <= index < len(self):
-      raise IndexError(f"index {index} out of range for {self.name}/{self.split} "
-                       f"of {len(self)} examples")
-    return _to_python(self._source[index % len(self)])
-
-  def __getitems__(self, indices: Sequence[int]) -> list[dict]:
-    return [_to_python(x) for x in self._source.__getitems__([int(i) for i in indices])]
 
   def __repr__(self) -> str:
     return (f"AudioTextSource({self.name}/{self.split}, {len(self)} examples, "
             f"{self.sample_rate} Hz)")
 
-
-def _to_python(example: dict) -> dict:
-  return {"audio": bytes(example["audio"]),
-          "captions": [c.decode("utf-8") for c in example["captions"]],
-          "audio_id": example["audio_id"].decode("utf-8"),
-          "label": int(example["label"])}
+  @staticmethod
+  def _to_python(example: dict) -> dict:
+    return {"audio": bytes(example["audio"]),
+            "captions": [c.decode("utf-8") for c in example["captions"]],
+            "audio_id": example["audio_id"].decode("utf-8"),
+            "label": int(example["label"])}
 
 
 def open_split(data_dir: str, name: str, split: str) -> AudioTextSource:

@@ -212,20 +212,22 @@ class ImageTextSource:
     if not -len(self) <= index < len(self):
       raise IndexError(f"index {index} out of range for {self.name}/{self.split} "
                        f"of {len(self)} examples")
-    return _to_python(self._source[index % len(self)])
+    return self._to_python(self._source[index % len(self)])
 
   def __getitems__(self, indices: Sequence[int]) -> list[dict]:
     """Batched read: one call into ArrayRecord for many indices."""
-    return [_to_python(x) for x in self._source.__getitems__([int(i) for i in indices])]
+    return [self._to_python(x)
+            for x in self._source.__getitems__([int(i) for i in indices])]
 
   def __repr__(self) -> str:
     return f"ImageTextSource({self.name}/{self.split}, {len(self)} examples)"
 
-
-def _to_python(example: dict) -> dict:
-  return {"image": bytes(example["image"]),
-          "captions": [c.decode("utf-8") for c in example["captions"]],
-          "image_id": example["image_id"].decode("utf-8")}
+  @staticmethod
+  def _to_python(example: dict) -> dict:
+    """A stored example -> the dict `src[i]` returns (subclasses add fields)."""
+    return {"image": bytes(example["image"]),
+            "captions": [c.decode("utf-8") for c in example["captions"]],
+            "image_id": example["image_id"].decode("utf-8")}
 
 
 def open_split(data_dir: str, name: str, split: str) -> ImageTextSource:

@@ -29,7 +29,6 @@ test split and settings are made by mmjax.data.audio_batches.
 
 import concurrent.futures
 import os
-import sys
 from typing import Sequence
 
 import grain
@@ -38,6 +37,7 @@ import numpy as np
 from mmjax.data import audio_batches
 from mmjax.data import audio_text
 from mmjax.data import image_text
+from mmjax.data import prepared_batch
 from mmjax.data import preprocess
 from mmjax.data import shapes
 from mmjax.data import shapes_audio
@@ -48,8 +48,6 @@ from mmjax.data.tokenizer import Tokenizer
 TEST_IMAGES = 1000
 # grain needs a length; no run takes this many steps.
 _MAX_STEPS = 2**40
-# Further records tried, in order, when one cannot be decoded.
-_MAX_RETRIES = 16
 
 
 def data_fields(data_cfg) -> tuple[str, ...]:
@@ -185,7 +183,7 @@ class ShapesBatch:
     return batch
 
 
-class RecordBatch:
+class RecordBatch(prepared_batch.PreparedBatch):
   """step -> rows `rows` of the batch of that step, from a prepared split.
 
   Returns {"image": uint8 [b, S, S, 3], "text": int32 [b, L],
@@ -194,67 +192,23 @@ class RecordBatch:
   image, so this stays 0 unless files changed after it).
   """
 
+  FIELD = "image"
+  ID_FIELD = "image_id"
+  ERRORS = (ValueError, OSError)  # PIL raises OSError on corrupt data
+
   def __init__(self, config, tokenizer: Tokenizer, rows: Sequence[int] | None):
-    self.data_dir = config.data.data_dir
-    self.name = config.data.name
-    self.split = config.data.train_split
-    self.seed = config.seed
-    self.batch_size = config.batch_size
+    super().__init__(config, tokenizer, rows)
     self.image_size = config.data.image_size
-    self.context_length = config.data.context_length
     self.crop_scale = tuple(config.data.crop_scale)
     self.flip = config.data.flip
-    self.tokenizer = tokenizer
-    self.rows = np.arange(config.batch_size) if rows is None else np.asarray(rows)
-    self._source = None  # opened lazily, once per worker process
 
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_source"] = None  # file handles do not travel to workers
-    return state
+  def open_split(self) -> image_text.ImageTextSource:
+    return image_text.open_split(self.data_dir, self.name, self.split)
 
-  @property
-  def source(self):
-    if self._source is None:
-      self._source = image_text.open_split(self.data_dir, self.name, self.split)
-      # Global shuffle over records, a fresh permutation each epoch.
-      self._order = grain.MapDataset.range(len(self._source)).shuffle(
-          seed=self.seed).repeat()
-    return self._source
-
-  def example(self, i: int) -> tuple[np.ndarray, str, int]:
-    """Example i of the run -> (image uint8 [S, S, 3], caption, bad records)."""
-    source = self.source
-    rng = np.random.default_rng([self.seed, i])
-    for attempt in range(_MAX_RETRIES + 1):
-      record = source[int(self._order[i + attempt])]
-      captions = [c for c in record["captions"] if c.strip()]
-      try:
-        if not captions:
-          raise ValueError("no caption")
-        image = preprocess.train_image(record["image"], self.image_size, rng,
-                                       scale=self.crop_scale, flip=self.flip)
-      except (ValueError, OSError) as e:  # PIL raises OSError on corrupt data
-        print(f"mmjax: skipping record {record.get('image_id')!r} of "
-              f"{self.name}/{self.split}: {e}", file=sys.stderr, flush=True)
-        continue
-      return image, captions[rng.integers(len(captions))], attempt
-    raise RuntimeError(
-        f"{_MAX_RETRIES + 1} records in a row of {self.name}/{self.split} could not be "
-        f"read (from example {i}); the data dir is damaged: rebuild it with "
-        "`python -m mmjax.data.prepare ... --overwrite`.")
-
-  def __call__(self, step: int) -> dict:
-    first = int(step) * self.batch_size
-    images, captions, bad = [], [], 0
-    for r in self.rows:
-      image, caption, skipped = self.example(first + int(r))
-      images.append(image)
-      captions.append(caption)
-      bad += skipped
-    return {"image": np.stack(images),
-            "text": self.tokenizer.encode(captions, self.context_length),
-            "bad_records": np.int64(bad)}
+  def decode(self, record: dict, rng: np.random.Generator) -> np.ndarray:
+    """The record's image, decoded, cropped and flipped: uint8 [S, S, 3]."""
+    return preprocess.train_image(record["image"], self.image_size, rng,
+                                  scale=self.crop_scale, flip=self.flip)
 
 
 def batch_maker(config, tokenizer: Tokenizer, rows=None):
@@ -366,11 +320,5 @@ def _record_test_split(config):
   # Decoding is the slow part; PIL releases the GIL while it decodes.
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
     images = list(pool.map(lambda r: preprocess.eval_image(r["image"], size), records))
-  captions, owner = [], []
-  for index, record in enumerate(records):
-    for caption in record["captions"]:
-      if caption.strip():
-        captions.append(caption)
-        owner.append(index)
-  return (np.stack(images), captions, np.asarray(owner, np.int32),
-          [r["image_id"] for r in records])
+  captions, owner = prepared_batch.test_captions(records)
+  return np.stack(images), captions, owner, [r["image_id"] for r in records]

@@ -189,20 +189,10 @@ def prepare(source_format: str, source: str, images: str, data_dir: str,
               "images": os.path.realpath(images), "image_format": image_format,
               "max_side": max_side, "min_side": min_side, "quality": quality,
               "val_fraction": val_fraction, "test_fraction": test_fraction}
-  path = image_text.dataset_dir(data_dir, name)
-  os.makedirs(data_dir, exist_ok=True)
-  _remove_leftovers(data_dir, name)
-  if os.path.exists(path) and not overwrite:
-    marker = image_text.check_dataset(data_dir, name)  # raises for another version
-    differ = _settings_differ(marker.get("settings") or {}, settings)
-    if differ:
-      raise ValueError(f"{path} was prepared from other input or settings "
-                       f"({'; '.join(differ)}). Pass --overwrite to rebuild it, or "
-                       "--name to prepare a separate dataset.")
-    log(f"{path} is already prepared ({marker.get('examples')}); reusing it "
-        "(--overwrite rebuilds it).")
-    with open(os.path.join(path, image_text.REPORT_FILE)) as f:
-      return Result(path, True, json.load(f))
+  existing = reuse_existing(data_dir, name, settings, overwrite=overwrite,
+                            check_dataset=image_text.check_dataset, log=log)
+  if existing is not None:
+    return existing
 
   report = sources.Report()
   splits = sources.collect(sources.READERS[source_format](source, images, report), report)
@@ -211,10 +201,10 @@ def prepare(source_format: str, source: str, images: str, data_dir: str,
   log(f"preparing {name}: {total} images "
       f"({', '.join(f'{s} {len(r)}' for s, r in splits.items())})")
 
-  temporary = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=data_dir)
-  try:
-    workers = workers or os.cpu_count() or 1
-    encode = _encoder(image_format, max_side, min_side, quality)
+  workers = workers or os.cpu_count() or 1
+  encode = _encoder(image_format, max_side, min_side, quality)
+
+  def write(temporary: str) -> dict:
     # PIL's threads release the GIL while decoding, resizing and encoding.
     with concurrent.futures.ThreadPoolExecutor(workers) as executor, \
         tqdm.tqdm(total=total, unit="img", desc=f"encoding {name}",
@@ -228,20 +218,69 @@ def prepare(source_format: str, source: str, images: str, data_dir: str,
                                                    4 * workers), report, bar)
                   for split in ("val", "test", "train")}
       counts = image_text.write_tfds(temporary, name, examples, image_format)
+    return report.to_json(counts)
+
+  path, summary = build_in_place(data_dir, name, settings, write, image_text.write_marker)
+  _log_summary(log, path, summary)
+  return Result(path, False, summary)
+
+
+def reuse_existing(data_dir: str, name: str, settings: dict, *, overwrite: bool,
+                   check_dataset: Callable[[str, str], dict],
+                   log: Callable[[str], None]) -> Result | None:
+  """Readies data_dir for building dataset `name`, or finds it built already.
+
+  Creates data_dir and removes what killed builds left there. Returns the
+  dataset already at `name` when not `overwrite` and it was prepared with
+  these settings (reused: its marker checked by `check_dataset`, which raises
+  for another format version); raises ValueError when it was prepared with
+  others; returns None when it should be built.
+  """
+  path = image_text.dataset_dir(data_dir, name)
+  os.makedirs(data_dir, exist_ok=True)
+  _remove_leftovers(data_dir, name)
+  if not os.path.exists(path) or overwrite:
+    return None
+  marker = check_dataset(data_dir, name)
+  differ = _settings_differ(marker.get("settings") or {}, settings)
+  if differ:
+    raise ValueError(f"{path} was prepared from other input or settings "
+                     f"({'; '.join(differ)}). Pass --overwrite to rebuild it, or "
+                     "--name to prepare a separate dataset.")
+  log(f"{path} is already prepared ({marker.get('examples')}); reusing it "
+      "(--overwrite rebuilds it).")
+  with open(os.path.join(path, image_text.REPORT_FILE)) as f:
+    return Result(path, True, json.load(f))
+
+
+def build_in_place(data_dir: str, name: str, settings: dict,
+                   write: Callable[[str], dict],
+                   write_marker: Callable[[str, dict], None]) -> tuple[str, dict]:
+  """Builds dataset `name` in a temporary directory, then renames it into place.
+
+  `write(temporary)` writes the tfds dataset to <temporary>/<name> and returns
+  the report (sources.Report.to_json). This saves the report, then the marker
+  (`write_marker(dir, contents)`, last), then puts the directory at
+  image_text.dataset_dir(data_dir, name), replacing the dataset there. The
+  temporary directory goes in any case, so an interrupted build leaves no
+  dataset. Returns (the dataset directory, the report).
+  """
+  path = image_text.dataset_dir(data_dir, name)
+  temporary = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=data_dir)
+  try:
+    summary = write(temporary)
     built = os.path.join(temporary, name)
-    summary = report.to_json(counts)
     with open(os.path.join(built, image_text.REPORT_FILE), "w") as f:
       json.dump(summary, f, indent=2)
-    image_text.write_marker(built, {
-        "name": name, "settings": settings, "examples": counts,
+    write_marker(built, {
+        "name": name, "settings": settings, "examples": summary["examples"],
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     if os.path.exists(path):  # --overwrite: the old one goes with the temporary dir
       os.rename(path, os.path.join(temporary, "replaced"))
     os.rename(built, path)
   finally:
     _remove_temporary(temporary)
-  _log_summary(log, path, summary)
-  return Result(path, False, summary)
+  return path, summary
 
 
 def _remove_temporary(temporary: str) -> None:

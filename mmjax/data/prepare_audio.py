@@ -26,11 +26,8 @@ them are as for image-text datasets (mmjax.data.prepare).
 """
 
 import concurrent.futures
-import datetime
-import json
+import functools
 import os
-import shutil
-import tempfile
 from typing import Callable, Iterator
 
 import tqdm
@@ -38,7 +35,6 @@ import tqdm
 from mmjax.data import audio_io
 from mmjax.data import audio_sources
 from mmjax.data import audio_text
-from mmjax.data import image_text
 from mmjax.data import prepare as prepare_lib
 from mmjax.data import sources
 
@@ -119,20 +115,12 @@ def prepare(source_format: str, source: str, audio: str | None, data_dir: str,
               "audio": os.path.realpath(audio), "sample_rate": sample_rate,
               "min_seconds": min_seconds, "max_seconds": max_seconds,
               "val_fraction": val_fraction, "test_fraction": test_fraction}
-  path = image_text.dataset_dir(data_dir, name)
-  os.makedirs(data_dir, exist_ok=True)
-  prepare_lib._remove_leftovers(data_dir, name)  # pylint: disable=protected-access
-  if os.path.exists(path) and not overwrite:
-    marker = audio_text.check_dataset(data_dir, name)  # raises for another version or images
-    differ = prepare_lib._settings_differ(marker.get("settings") or {}, settings)  # pylint: disable=protected-access
-    if differ:
-      raise ValueError(f"{path} was prepared from other input or settings "
-                       f"({'; '.join(differ)}). Pass --overwrite to rebuild it, or "
-                       "--name to prepare a separate dataset.")
-    log(f"{path} is already prepared ({marker.get('examples')}); reusing it "
-        "(--overwrite rebuilds it).")
-    with open(os.path.join(path, image_text.REPORT_FILE)) as f:
-      return prepare_lib.Result(path, True, json.load(f))
+  existing = prepare_lib.reuse_existing(
+      data_dir, name, settings, overwrite=overwrite,
+      check_dataset=audio_text.check_dataset,  # also refuses an image dataset
+      log=log)
+  if existing is not None:
+    return existing
 
   report = sources.Report()
   listing = audio_sources.READERS[source_format](source, audio, report)
@@ -141,10 +129,10 @@ def prepare(source_format: str, source: str, audio: str | None, data_dir: str,
   log(f"preparing {name}: {total} clips "
       f"({', '.join(f'{s} {len(r)}' for s, r in splits.items())}) at {sample_rate} Hz")
 
-  temporary = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=data_dir)
-  try:
-    workers = workers or os.cpu_count() or 1
-    decode = _decoder(sample_rate, min_seconds, max_seconds)
+  workers = workers or os.cpu_count() or 1
+  decode = _decoder(sample_rate, min_seconds, max_seconds)
+
+  def write(temporary: str) -> dict:
     seconds = {}
     # libsndfile and libsoxr run outside the GIL, so threads decode in parallel.
     with concurrent.futures.ThreadPoolExecutor(workers) as executor, \
@@ -157,20 +145,14 @@ def prepare(source_format: str, source: str, audio: str | None, data_dir: str,
           listing.labels or {}, report, seconds, sample_rate, bar)
                   for split in ("val", "test", "train")}
       counts = audio_text.write_tfds(temporary, name, examples)
-    built = os.path.join(temporary, name)
     summary = report.to_json(counts)
     summary["seconds"] = {split: round(seconds.get(split, 0.0), 3) for split in counts}
-    with open(os.path.join(built, image_text.REPORT_FILE), "w") as f:
-      json.dump(summary, f, indent=2)
-    audio_text.write_marker(built, {
-        "name": name, "settings": settings, "examples": counts,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
-        sample_rate=sample_rate, classes=listing.classes)
-    if os.path.exists(path):  # --overwrite: the old one goes with the temporary dir
-      os.rename(path, os.path.join(temporary, "replaced"))
-    os.rename(built, path)
-  finally:
-    shutil.rmtree(temporary, ignore_errors=True)
+    return summary
+
+  path, summary = prepare_lib.build_in_place(
+      data_dir, name, settings, write,
+      functools.partial(audio_text.write_marker, sample_rate=sample_rate,
+                        classes=listing.classes))
   prepare_lib._log_summary(log, path, summary)  # pylint: disable=protected-access
   log("  audio stored: " + ", ".join(f"{s} {_duration(v)}"
                                      for s, v in summary["seconds"].items()))
