@@ -2,8 +2,8 @@
 
 One compiled step per mesh (module-scoped, cached), driven by a plain loop over
 the same 20 global batches; the reference is a mesh of jax.devices()[:1]. The
-same holds for a four-tower model (image, text, sketch, audio, the audio read
-as log-mel computed inside the step) with loss terms over four pairs.
+same holds for a three-tower model (image, text and audio, the audio read as
+log-mel computed inside the step) with loss terms over three pairs.
 """
 
 import jax
@@ -213,61 +213,54 @@ def test_no_involuntary_resharding(runs, capfd):
   assert "Involuntary full rematerialization" not in capfd.readouterr().err
 
 
-# More modalities: a sketch tower reading the batch field "sketch" and an audio
-# spectrogram transformer reading "audio" through a log-mel feature stage, with
-# loss terms over four pairs (one with a scale and bias of its own).
+# A third modality: an audio spectrogram transformer reading the batch field
+# "audio" through a log-mel feature stage computed inside the step, with loss
+# terms over three pairs (one with a scale and bias of its own).
 
-SKETCH_TOWER = dict(kind="cnn", input="sketch", widths=(8, 16), blocks_per_stage=1)
 AUDIO_TOWER = dict(kind="ast", input="audio", frames=98, patch=(14, 8), width=16, depth=1,
                    num_heads=2, features=dict(fn="mmjax.data.audio.log_mel",
                                               sample_rate=16000, n_fft=400, hop_length=160,
                                               n_mels=16, center=False))
-FOUR_TOWER_TERMS = {
-    "sketch_text": dict(fn="sigmoid_contrastive", pair=("sketch", "text"), weight=0.5),
-    "image_sketch": dict(fn="softmax_contrastive", pair=("image", "sketch"), weight=0.5),
+THREE_TOWER_TERMS = {
     "audio_text": dict(fn="sigmoid_contrastive", pair=("audio", "text"), weight=0.5),
+    "image_audio": dict(fn="softmax_contrastive", pair=("image", "audio"), weight=0.5),
 }
 
 
-def _four_tower_config(mesh=(-1, 1, 1)):
-  config = _config(mesh, **{"data.fields": ("sketch", "audio")})
-  config.model.towers.sketch = dict(SKETCH_TOWER)
+def _three_tower_config(mesh=(-1, 1, 1)):
+  config = _config(mesh, **{"data.fields": ("audio",)})
   config.model.towers.audio = dict(AUDIO_TOWER)
-  config.model.pair_scales = (("sketch", "text"),)
-  config.loss.terms = {k: dict(v) for k, v in FOUR_TOWER_TERMS.items()}
+  config.model.pair_scales = (("audio", "text"),)
+  config.loss.terms = {k: dict(v) for k, v in THREE_TOWER_TERMS.items()}
   return config
 
 
 @pytest.fixture(scope="module")
-def four_tower_runs(tok):
-  """(one-device run, (4, 2, 1) run) of the four-tower model over the same
-  batches, which carry the sketch and audio fields."""
-  make = pipeline.batch_maker(_four_tower_config(), tok)
+def three_tower_runs(tok):
+  """(one-device run, (4, 2, 1) run) of the image-text-audio model over the
+  same batches, which carry the audio field."""
+  make = pipeline.batch_maker(_three_tower_config(), tok)
   batches = [make(s) for s in range(STEPS)]
-  assert batches[0]["sketch"].shape == (BATCH, 16, 16, 1)
-  assert batches[0]["sketch"].dtype == np.uint8
   assert batches[0]["audio"].shape == (BATCH, 16000)
   assert batches[0]["audio"].dtype == np.float32
-  ref = Run(_four_tower_config(), tok, batches, jax.devices()[:1])
-  run = Run(_four_tower_config((4, 2, 1)), tok, batches)
+  ref = Run(_three_tower_config(), tok, batches, jax.devices()[:1])
+  run = Run(_three_tower_config((4, 2, 1)), tok, batches)
   return ref, run
 
 
-def test_four_towers_train_with_terms_over_four_pairs(four_tower_runs):
-  ref, run = four_tower_runs
+def test_three_towers_train_with_terms_over_three_pairs(three_tower_runs):
+  ref, run = three_tower_runs
   assert ref.mesh.devices.size == 1 and tuple(run.mesh.shape.values()) == (4, 2, 1)
-  assert set(ref.model.towers) == {"image", "text", "sketch", "audio"}
+  assert set(ref.model.towers) == {"image", "text", "audio"}
   assert list(ref.terms)[0] == "sigmoid_contrastive"  # the main term first
-  assert set(ref.terms) == {"sigmoid_contrastive", "sketch_text", "image_sketch",
-                            "audio_text"}
-  assert ref.terms["image_sketch"].pair == ("image", "sketch")
+  assert set(ref.terms) == {"sigmoid_contrastive", "audio_text", "image_audio"}
+  assert ref.terms["image_audio"].pair == ("image", "audio")
   # Every tower, projection and the pair's own scale and bias are params, and
   # all of them moved.
   params = jax.device_get(ref.state.params)
-  assert {"sketch_tower", "sketch_proj", "log_scale_sketch_text", "bias_sketch_text",
-          "image_tower", "text_tower", "audio_tower", "audio_proj", "log_scale",
-          "bias"} <= set(params)
-  assert params["sketch_proj"]["kernel"].shape == (16, 8)
+  assert {"audio_tower", "audio_proj", "log_scale_audio_text", "bias_audio_text",
+          "image_tower", "text_tower", "log_scale", "bias"} <= set(params)
+  assert params["audio_proj"]["kernel"].shape == (16, 8)
   for t in ref.terms:
     assert np.isfinite(ref.term_losses[t]).all() and (ref.term_losses[t] > 0).all(), t
   # The total is the weighted sum of the terms.
@@ -276,8 +269,8 @@ def test_four_towers_train_with_terms_over_four_pairs(four_tower_runs):
   assert ref.losses[-5:].mean() < ref.losses[:5].mean()
 
 
-def test_four_towers_same_loss_and_grad_norm_as_one_device(four_tower_runs):
-  ref, run = four_tower_runs
+def test_three_towers_same_loss_and_grad_norm_as_one_device(three_tower_runs):
+  ref, run = three_tower_runs
   np.testing.assert_allclose(run.losses, ref.losses, rtol=1e-4)
   np.testing.assert_allclose(run.grad_norms, ref.grad_norms, rtol=1e-4)
   for t in ref.terms:
