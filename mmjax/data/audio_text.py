@@ -138,11 +138,9 @@ def write_marker(path: str, contents: dict, *, sample_rate: int,
 def prepare_command(data_dir: str, name: str, source_format: str | None = None,
                     overwrite: bool = False) -> str:
   """The command line that (re)builds audio dataset `name`, for error messages."""
-  if source_format is None:
-    source_format = name if name in FORMATS else "{" + ",".join(FORMATS) + "}"
-  command = (f"python -m mmjax.data.prepare {source_format} --source PATH --audio DIR "
-             f"--data-dir {data_dir} --name {name} --sample-rate HZ")
-  return command + " --overwrite" if overwrite else command
+  return image_text.prepare_command(data_dir, name, source_format, overwrite=overwrite,
+                                    formats=FORMATS, files_flag="--audio",
+                                    extra=" --sample-rate HZ")
 
 
 def is_audio(marker: dict | None) -> bool:

@@ -57,12 +57,18 @@ def dataset_dir(data_dir: str, name: str) -> str:
 
 def prepare_command(data_dir: str, name: str, source_format: str | None = None,
                     source: str = "PATH", images: str = "DIR",
-                    overwrite: bool = False) -> str:
-  """The command line that (re)builds dataset `name`, for error messages."""
+                    overwrite: bool = False, *, formats: tuple = FORMATS,
+                    files_flag: str = "--images", extra: str = "") -> str:
+  """The command line that (re)builds dataset `name`, for error messages.
+
+  formats, files_flag, extra: the source formats to offer when name is none
+  of them, the flag naming the media folder, and further flags (audio
+  datasets: their own formats, --audio and --sample-rate).
+  """
   if source_format is None:
-    source_format = name if name in FORMATS else "{" + ",".join(FORMATS) + "}"
+    source_format = name if name in formats else "{" + ",".join(formats) + "}"
   command = (f"python -m mmjax.data.prepare {source_format} --source {source} "
-             f"--images {images} --data-dir {data_dir} --name {name}")
+             f"{files_flag} {images} --data-dir {data_dir} --name {name}{extra}")
   return command + " --overwrite" if overwrite else command
 
 

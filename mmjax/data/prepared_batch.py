@@ -9,6 +9,7 @@ mmjax.data.audio_batches.AudioBatch. `test_captions` lists the captions of
 an evaluation split, for both.
 """
 
+import abc
 import sys
 from typing import Sequence
 
@@ -21,7 +22,7 @@ from mmjax.data.tokenizer import Tokenizer
 _MAX_RETRIES = 16
 
 
-class PreparedBatch:
+class PreparedBatch(abc.ABC):
   """step -> rows `rows` of the batch of that step, from a prepared split.
 
   Returns {FIELD: the stacked arrays of `decode`/`fit`, "text": int32 [b, L],
@@ -50,13 +51,13 @@ class PreparedBatch:
     self.rows = np.arange(config.batch_size) if rows is None else np.asarray(rows)
     self._source = None  # opened lazily, once per worker process
 
+  @abc.abstractmethod
   def open_split(self):
     """The split to read: random access, `len` and `[i]` -> a record dict."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def decode(self, record: dict, rng: np.random.Generator) -> np.ndarray:
     """The record's FIELD as an array; raises one of ERRORS when it is damaged."""
-    raise NotImplementedError
 
   def fit(self, value: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """What `decode` gave, made ready for the batch (its errors are not skipped)."""
