@@ -19,6 +19,7 @@ REQUIRED_KEYS = (
     "data.data_dir",
 )
 DTYPES = ("float32", "bfloat16")
+WEIGHTINGS = ("fixed", "uncertainty")
 
 
 def base() -> ml_collections.ConfigDict:
@@ -44,6 +45,10 @@ def base() -> ml_collections.ConfigDict:
   # memory-lean cross-device form: gather for softmax, ring for sigmoid),
   # "naive" (the single-device formula on the global batch), "gather", "ring".
   c.loss.impl = "auto"
+  # How terms add up: "fixed" (sum of weight * term) or "uncertainty" (Kendall
+  # et al. 2018: each term learns a log-variance s, and adds
+  # weight * exp(-s) * term + s; s is logged as train/log_var/<term>).
+  c.loss.weighting = "fixed"
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1            # -1: all remaining devices
@@ -287,6 +292,11 @@ def validate(config, *, test_split_size: int | None = None) -> None:
         f"config.model.temperature_init={config.model.temperature_init} exceeds "
         f"config.model.max_temperature={config.model.max_temperature}; lower the first "
         "or raise the second.")
+
+  weighting = config.loss.get("weighting", "fixed")
+  if weighting not in WEIGHTINGS:
+    raise ConfigError(f"config.loss.weighting={weighting!r}; choose one of {WEIGHTINGS} "
+                      "(fixed weights, or a learned log-variance per term).")
 
   if config.dtype not in DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r}; choose one of {DTYPES}.")

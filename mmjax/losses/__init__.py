@@ -5,10 +5,12 @@ so configs can name a loss by string or dotted path, each with its
 cross-device forms; and weighted terms over pairs of modalities (terms.py).
 """
 
+from mmjax.losses import captioning
 from mmjax.losses.alignment import cosine_alignment
 from mmjax.losses.alignment import kl_alignment
 from mmjax.losses.alignment import mse_alignment
 from mmjax.losses.alignment import mse_to_teacher
+from mmjax.losses.captioning import caption_cross_entropy
 from mmjax.losses.contrastive import sigmoid_contrastive
 from mmjax.losses.contrastive import softmax_contrastive
 from mmjax.losses.distributed import sigmoid_contrastive_ring
@@ -33,6 +35,8 @@ from mmjax.losses.terms import Term
 __all__ = (
     "as_terms",
     "binary_cross_entropy",
+    "caption_cross_entropy",
+    "captioning",
     "check",
     "choose_form",
     "combine",

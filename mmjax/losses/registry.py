@@ -28,6 +28,7 @@ import jax
 
 from mmjax import registry as names_lib
 from mmjax.losses import alignment
+from mmjax.losses import captioning
 from mmjax.losses import contrastive
 from mmjax.losses import matching
 from mmjax.losses import sharded
@@ -174,7 +175,8 @@ def _register_builtins() -> None:
   register("sigmoid_contrastive", contrastive.sigmoid_contrastive,
            distributed={"ring": sharded.sharded_sigmoid_contrastive})
   for fn in (alignment.kl_alignment, alignment.mse_alignment, alignment.mse_to_teacher,
-             alignment.cosine_alignment, matching.binary_cross_entropy):
+             alignment.cosine_alignment, matching.binary_cross_entropy,
+             captioning.caption_cross_entropy):
     register(fn.__name__, fn)
 
 

@@ -221,6 +221,13 @@ def _missing(term: Term, param: str, outputs: list, batch: list,
          f"output or field, or remove the term.")
   a, b = term.pair
   if param in term.inputs:
+    space = term.inputs[param].split("/")[0]
+    if "/" in term.inputs[param] and not any(o.startswith(space + "/") for o in outputs):
+      # A head's output namespace that no head writes: the head itself is missing.
+      return (head + f"reads {param!r} from {term.inputs[param]!r}, an output of a head "
+              f"{space!r} the model does not have; add it (config.model.heads.{space} = "
+              f"dict(kind=..., ...), e.g. kind='caption_decoder' for a captioning term) or "
+              "remove the term.")
     return (head + f"reads {param!r} from {term.inputs[param]!r} (its inputs), which no "
             f"model output {outputs} or batch field {batch} provides; {fix}")
   reads = {p.name for p in _wanted(term)}
@@ -314,11 +321,16 @@ def as_terms(terms: Mapping[str, Any]) -> dict[str, Term]:
   return out
 
 
-def combine(terms: Mapping[str, Any], impls: Mapping[str, Callable] | None = None):
+def combine(terms: Mapping[str, Any], impls: Mapping[str, Callable] | None = None,
+            learned: bool = False):
   """The weighted sum of `terms` ({id: Term}, or anything as_terms reads).
 
   impls: optional {term id: fn} run instead of the term's fn, with the same
   parameters and value (e.g. a distributed form chosen by sharded.choose_form).
+  learned: Kendall et al.'s uncertainty weighting: term t adds
+  weight * exp(-s_t) * L_t + s_t, with s_t the model output `log_var/<t>`
+  (a learned log-variance: a noisy or large term learns a large s and a
+  smaller weight, and the + s_t keeps s from growing without bound).
 
   Returns `loss_fn(outputs, batch=None) -> (total, per_term)`: outputs and
   batch map names to arrays; total is the float32 scalar sum(weight * term)
@@ -332,7 +344,17 @@ def combine(terms: Mapping[str, Any], impls: Mapping[str, Callable] | None = Non
     available = set(values)
     per_term = {tid: _call(t, impls.get(tid, t.fn), values, available)
                 for tid, t in terms.items()}
-    total = sum(terms[tid].weight * value for tid, value in per_term.items())
+    if not learned:
+      total = sum(terms[tid].weight * value for tid, value in per_term.items())
+      return total, per_term
+    total = 0.0
+    for tid, value in per_term.items():
+      if f"log_var/{tid}" not in values:
+        raise LossConfigError(f"loss term {tid!r} has learned weights, but the model gives "
+                              f"no log_var/{tid}; build the model with "
+                              f"task_log_vars={tuple(terms)} (mmjax.train.build does).")
+      s = values[f"log_var/{tid}"]
+      total = total + terms[tid].weight * jnp.exp(-s) * value + s
     return total, per_term
 
   loss_fn.terms = dict(terms)

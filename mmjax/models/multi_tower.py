@@ -14,10 +14,13 @@ Outputs of `__call__(batch)`, namespaced so that nothing overwrites another:
   mask/<m>       [B, T] bool, True on real tokens (towers with a pad_id)
   scale, bias    [] float32, the learned logit scale and bias (bias 0 without one)
   scale/<a>/<b>, bias/<a>/<b>   the same, for each pair in pair_scales
-  <head>/<key>   whatever head <head> returns
+  <head>/<key>   whatever head <head> returns; a head whose __call__ takes a
+                 `batch` parameter gets the batch too (a caption decoder's targets)
   to_teacher     [D, D_t], with teacher_dim (see mmjax/train/teacher.py)
+  log_var/<t>    [] float32, loss term t's learned log-variance (task_log_vars)
 """
 
+import inspect
 import math
 from typing import Any, Mapping
 
@@ -34,7 +37,7 @@ from mmjax.models.layers import logical
 TOWER_KEYS = ("kind", "input", "proj", "proj_bias", "pixel_mean", "pixel_std", "features")
 
 # Output namespaces the model writes; a head may not be named like one.
-RESERVED = ("z", "tokens", "mask", "scale", "bias", "teacher", "to_teacher")
+RESERVED = ("z", "tokens", "mask", "scale", "bias", "teacher", "to_teacher", "log_var")
 
 
 def l2_normalize(x, eps=1e-6):
@@ -114,6 +117,8 @@ class MultiTower(nn.Module):
     dtype: compute dtype of towers and heads; embeddings, scale, bias float32.
     teacher_dim: None, or the size D_t of a distillation teacher's space: the
       model then learns `to_teacher` [D, D_t] (for mse_to_teacher).
+    task_log_vars: loss term ids that learn a log-variance `log_var_<id>`
+      (output log_var/<id>), for config.loss.weighting="uncertainty".
   """
 
   towers: Mapping[str, Mapping[str, Any]]
@@ -125,6 +130,7 @@ class MultiTower(nn.Module):
   pair_scales: tuple = ()
   dtype: str = "float32"
   teacher_dim: int | None = None
+  task_log_vars: tuple = ()
 
   def setup(self):
     pixels, stages = {}, {}
@@ -150,6 +156,10 @@ class MultiTower(nn.Module):
     for pair in self.pair_scales:
       scales[pair_name(pair)] = self._scale_and_bias("_" + "_".join(pair), max_log)
     self.scales = scales
+    # Kendall-style task uncertainty: one log-variance per loss term, from 0
+    # (every term starts at its fixed weight).
+    self.log_vars = {t: self.param(f"log_var_{t}", logical(nn.initializers.zeros), ())
+                     for t in self.task_log_vars}
     if self.teacher_dim:
       self.to_teacher = self.param(
           "to_teacher", logical(layers.DEFAULT_KERNEL_INIT, "joint", None),
@@ -192,7 +202,7 @@ class MultiTower(nn.Module):
     pooled, seq = tower(x, return_sequence=True)
     out = {"z": l2_normalize(proj(pooled)), "tokens": seq}
     if hasattr(tower, "pad_id") and jnp.issubdtype(x.dtype, jnp.integer):
-      out["mask"] = x != tower.pad_id
+      out["mask"] = jnp.asarray(x) != tower.pad_id  # x may be a host (NumPy) batch
     return out
 
   def encode(self, x, modality: str):
@@ -207,6 +217,11 @@ class MultiTower(nn.Module):
     """tokens: [B, L] int -> [B, D] unit norm."""
     return self.encode(tokens, "text")
 
+  def head(self, name: str, method: str, *args, **kwargs):
+    """Calls `method` of head `name` (e.g. a decoder's prefill and step, for
+    generation: model.apply(variables, "caption", "step", ..., method=model.head))."""
+    return getattr(getattr(self, f"{name}_head"), method)(*args, **kwargs)
+
   def __call__(self, batch: Mapping[str, Any]) -> dict:
     """batch: {input key: [B, ...]} -> the outputs listed in the module docstring."""
     with_tokens = self.token_modalities()
@@ -218,10 +233,15 @@ class MultiTower(nn.Module):
     for name, scale_and_bias in self.scales.items():
       suffix = f"/{name}" if name else ""
       out[f"scale{suffix}"], out[f"bias{suffix}"] = scale_and_bias()
+    for term, log_var in self.log_vars.items():
+      out[f"log_var/{term}"] = jnp.asarray(log_var, jnp.float32)
     if self.teacher_dim:
       out["to_teacher"] = jnp.asarray(self.to_teacher, jnp.float32)
     for name in self.heads:
-      result = getattr(self, f"{name}_head")(out)
+      head = getattr(self, f"{name}_head")
+      # A head that learns to write a field (a caption decoder) also reads the batch.
+      reads_batch = "batch" in inspect.signature(type(head).__call__).parameters
+      result = head(out, batch) if reads_batch else head(out)
       for key, value in result.items():
         if f"{name}/{key}" in out:
           raise ValueError(f"head {name!r} writes {name}/{key}, which another part of the "

@@ -13,7 +13,7 @@ or registers it once, from its own module, under a short name:
 
 from mmjax import registry
 from mmjax.models import audio, bert, cnn, text, vit
-from mmjax.models.heads import matching
+from mmjax.models.heads import captioning, matching
 
 # A tower maps one input field to features: __call__(x) -> [B, W] and
 # __call__(x, return_sequence=True) -> ([B, W], [B, T, W]).
@@ -30,6 +30,7 @@ TOWERS = {
 # named outputs, which the model namespaces under "<head name>/".
 HEADS = {
     "itm": matching.MatchingHead,
+    "caption_decoder": captioning.CaptionDecoder,
 }
 
 

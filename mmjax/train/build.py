@@ -144,7 +144,8 @@ def loss_fn(config, terms: dict[str, losses.Term], mesh: jax.sharding.Mesh):
   impls = {tid: losses.choose_form(t.fn, losses.distributed_forms(t.fn), config.loss.impl,
                                    mesh, mesh_lib.BATCH_AXES)
            for tid, t in terms.items()}
-  return losses.combine(terms, impls=impls)
+  return losses.combine(terms, impls=impls,
+                        learned=config.loss.get("weighting", "fixed") == "uncertainty")
 
 
 def tokenizer(config, workdir: str) -> tokenizer_lib.Tokenizer | wordpiece.WordPieceTokenizer:
@@ -194,12 +195,14 @@ def model(config, tok=None, *, vocab_size: int | None = None, pad_id: int | None
   Each tower is `config.model.towers.<m>` with `kind` and `input` as given; a
   tower class with attributes vocab_size, context_length or pad_id gets the
   tokenizer's and config.data's unless the config sets them, `remat` follows
-  model.remat unless set, and every tower and head gets the run's dtype.
+  model.remat unless set, and every tower and head gets the run's dtype; a
+  head with those attributes (a caption decoder) gets them too, and eos_id.
   """
   m = config.model
   run = {"vocab_size": tok.vocab_size if tok is not None else vocab_size,
          "context_length": config.data.context_length,
          "pad_id": tok.pad_id if tok is not None else pad_id,
+         "eos_id": getattr(tok, "eos_id", None) if tok is not None else None,
          "remat": bool(m.get("remat", False)), "dtype": config.dtype}
   towers = {}
   for modality, spec in m.towers.items():
@@ -219,8 +222,10 @@ def model(config, tok=None, *, vocab_size: int | None = None, pad_id: int | None
   for name, spec in (m.get("heads", {}) or {}).items():
     spec = dict(spec)
     cls = model_registry.head_class(spec.get("kind"), name)
-    if "dtype" in getattr(cls, "__dataclass_fields__", {}):
-      spec.setdefault("dtype", config.dtype)
+    fields = getattr(cls, "__dataclass_fields__", {})
+    for key in (*_FROM_RUN, "eos_id", "remat", "dtype"):
+      if key in fields and key not in spec and run.get(key) is not None:
+        spec[key] = run[key]
     heads[name] = _frozen(spec)
   distill = config.get("distill") or {}
   cls = model_registry.model_class(m.get("name", "multi_tower"))
@@ -229,7 +234,15 @@ def model(config, tok=None, *, vocab_size: int | None = None, pad_id: int | None
              max_temperature=m.get("max_temperature", 100.0),
              bias_init=m.get("bias_init", None),
              pair_scales=tuple(tuple(p) for p in m.get("pair_scales", ()) or ()),
-             dtype=config.dtype, teacher_dim=distill.get("projection_dim", 0) or None)
+             dtype=config.dtype, teacher_dim=distill.get("projection_dim", 0) or None,
+             task_log_vars=learned_weights(config))
+
+
+def learned_weights(config) -> tuple[str, ...]:
+  """The loss terms that learn a log-variance (config.loss.weighting="uncertainty")."""
+  if config.loss.get("weighting", "fixed") != "uncertainty":
+    return ()
+  return tuple(losses.from_config(config.loss))
 
 
 def _frozen(value):
@@ -310,7 +323,7 @@ def train_step(config, model, tx, lr_schedule, loss, mesh: jax.sharding.Mesh,
   frozen_models = dict(frozen_models or {})
   step = step_lib.make_train_step(
       model, tx, loss, lr_schedule, config.optim.grad_accum_steps, freeze_mask=frozen_mask,
-      frozen_models={name: fn for name, (fn, _) in frozen_models.items()})
+      frozen_models={name: fn for name, (fn, _) in frozen_models.items()}, seed=config.seed)
   in_shardings = (shardings, partitioning.batch_sharding(mesh),
                   {name: sh for name, (_, sh) in frozen_models.items()})
   return jax.jit(step,

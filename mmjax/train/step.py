@@ -14,6 +14,9 @@ LossFn = Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array]], tuple[jax.
 # (params, batch) -> {output name: array}: a frozen model run beside the one
 # trained (a distillation teacher), its outputs joining the model's.
 FrozenModel = Callable[[Any, Mapping[str, jax.Array]], dict]
+# Scalar model outputs logged as train/<name>: the logit scales and biases
+# (scale, bias, scale/<a>/<b>, ...) and learned task log-variances (log_var/<term>).
+SCALAR_OUTPUTS = ("scale", "bias", "log_var")
 
 
 def _microbatches(x: jax.Array, k: int) -> jax.Array:
@@ -30,7 +33,8 @@ def _microbatches(x: jax.Array, k: int) -> jax.Array:
 
 def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
                     lr_schedule: optax.Schedule, grad_accum_steps: int = 1,
-                    freeze_mask=None, frozen_models: Mapping[str, FrozenModel] | None = None):
+                    freeze_mask=None, frozen_models: Mapping[str, FrozenModel] | None = None,
+                    seed: int = 0):
   """Returns train_step(state, batch, frozen_params) -> (state, metrics) for `jax.jit`.
 
   batch: {field: [B, ...]}, e.g. {"image": uint8 [B, H, W, C], "text": int32
@@ -39,7 +43,8 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
   metrics: float32 scalars, "train/loss" and one "train/loss/<term>" per term,
   "train/skipped" (1 when the update was dropped for a non-finite loss or
   gradient), "train/grad_norm", "train/lr", "train/scale", "train/bias" (and
-  "train/scale/<a>/<b>", "train/bias/<a>/<b>" for pairs with their own).
+  "train/scale/<a>/<b>", "train/bias/<a>/<b>" for pairs with their own, and
+  "train/log_var/<term>" for learned task weights).
 
   grad_accum_steps = k > 1 splits the batch into k microbatches of B / k rows
   and averages their losses and gradients in a `lax.scan` before one optimizer
@@ -64,11 +69,15 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
   outside the differentiated function and under stop_gradient, and its
   outputs join the model's. Their params are read only: no gradient, no
   optimizer state, not returned.
+
+  seed: the model's "train" rng stream (heads that draw randomness while
+  training, such as CapPa's masked examples) is keyed by (seed, step,
+  microbatch), so a step's draws do not depend on the mesh or on a resume.
   """
   k = grad_accum_steps
   frozen_models = dict(frozen_models or {})
 
-  def loss_and_grads(params, batch, frozen_params):
+  def loss_and_grads(params, batch, frozen_params, rng):
     extra = {}
     for name, fn in frozen_models.items():
       extra.update(jax.lax.stop_gradient(fn(frozen_params[name], batch)))
@@ -77,30 +86,33 @@ def make_train_step(model, tx: optax.GradientTransformation, loss_fn: LossFn,
       if freeze_mask is not None:
         params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p,
                               params, freeze_mask)
-      outputs = {**model.apply({"params": params}, batch), **extra}
+      outputs = {**model.apply({"params": params}, batch, rngs={"train": rng}), **extra}
       total, terms = loss_fn(outputs, batch)
       # The shared scale and bias, and any pair's own (scale/<a>/<b>, ...).
       scalars = {k: v for k, v in outputs.items()
-                 if k.split("/")[0] in ("scale", "bias") and not jnp.ndim(v)}
+                 if k.split("/")[0] in SCALAR_OUTPUTS and not jnp.ndim(v)}
       return total, {"terms": terms, "scalars": scalars}
 
     return jax.value_and_grad(loss_of, has_aux=True)(params)
 
-  def accumulated(params, batch, frozen_params):
+  def accumulated(params, batch, frozen_params, rng):
     micro = jax.tree.map(lambda x: _microbatches(x, k), batch)
     first = jax.tree.map(lambda x: x[0], micro)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                         jax.eval_shape(loss_and_grads, params, first, frozen_params))
+                         jax.eval_shape(loss_and_grads, params, first, frozen_params, rng))
 
-    def body(total, mb):
-      return jax.tree.map(jnp.add, total, loss_and_grads(params, mb, frozen_params)), None
+    def body(total, mb_and_index):
+      mb, i = mb_and_index
+      out = loss_and_grads(params, mb, frozen_params, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, total, out), None
 
-    total, _ = jax.lax.scan(body, zeros, micro)
+    total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(k)))
     return jax.tree.map(lambda x: x / k, total)
 
   def train_step(state: TrainState, batch, frozen_params):
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
     (loss, aux), grads = (accumulated if k > 1 else loss_and_grads)(
-        state.params, batch, frozen_params)
+        state.params, batch, frozen_params, rng)
     grad_norm = optax.tree.norm(grads)
 
     def update(params_and_opt):

@@ -159,13 +159,18 @@ def test_inputs_map_a_parameter_to_a_namespaced_output(outs):
                                                          labels="match")))
   np.testing.assert_allclose(_one(field, out, {"match": labels}), want, rtol=1e-6)
   losses.check({"itm": field}, MODEL + ("itm/logits",), ("match",))
-  # An input naming nothing there says which mapping failed.
+  # An input naming nothing there says which mapping failed...
   with pytest.raises(losses.LossConfigError) as e:
-    losses.check({"itm": term}, MODEL, ("image", "text"))
+    losses.check({"itm": term}, MODEL + ("itm/labels",), ("image", "text"))
   msg = str(e.value)
   assert "loss term 'itm' (binary_cross_entropy) reads 'logits' from 'itm/logits'" in msg
   assert "(its inputs)" in msg
   assert "set config.loss.terms.itm.inputs={'logits': NAME}" in msg
+  # ...and one in the namespace of a head the model lacks names the head.
+  with pytest.raises(losses.LossConfigError,
+                     match=r"reads 'logits' from 'itm/logits', an output of a head 'itm' the "
+                           r"model does not have; add it \(config.model.heads.itm"):
+    losses.check({"itm": term}, MODEL, ("image", "text"))
 
 
 def test_logits_are_derived_at_the_teacher_temperature(outs):
