@@ -40,6 +40,8 @@ setuptools.setup(
         # fsspec's gcsfs; arrays go through tensorstore's own gcs driver.
         "etils[epath]>=1.7",
         "gcsfs>=2024.6",
+        # Caption metrics (mmjax.eval.caption_metrics): BLEU, ROUGE-L, CIDEr-D, METEOR.
+        "pycocoevalcap>=1.2",
     ],
     extras_require={
         # gcp-storage-emulator: a local GCS server on 127.0.0.1 for the gs:// tests.

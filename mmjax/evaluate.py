@@ -3,10 +3,13 @@
 Evaluates the latest checkpoint in DIR with every evaluator of the config
 (`config.eval.evaluators`, whatever their period), prints one table, writes
 DIR/eval.json (the flat metrics plus the checkpoint's step) and the report
-plots. `--export FILE.npz` also writes the test split's embeddings.
+plots. `--export FILE.npz` also writes the test split's embeddings;
+`--export-captions OUT.json` the generated captions as COCO results JSON, and
+OUT.references.json beside it.
 """
 
 import io
+import sys
 
 from absl import app, flags
 
@@ -18,9 +21,14 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "The run's directory."
 _EXPORT = flags.DEFINE_string(
     "export", None, "Also write the test split's embeddings to this .npz: image_emb "
     "[N, D], text_emb [M, D], text_to_image [M], image_ids [N], captions [M].")
+_EXPORT_CAPTIONS = flags.DEFINE_string(
+    "export_captions", None, "Also write the test split's generated captions to this "
+    "COCO results JSON ([{\"image_id\": int, \"caption\": str}]) and their references "
+    "beside it (OUT.references.json: {image_id: [captions]}); needs a caption decoder.")
 
 
-def evaluate_workdir(config, workdir: str, export: str | None = None) -> dict:
+def evaluate_workdir(config, workdir: str, export: str | None = None,
+                     export_captions: str | None = None) -> dict:
   """Restores the latest checkpoint of `workdir` and returns its metrics + step.
 
   The config must be the one the run was trained with (compared with the
@@ -59,7 +67,10 @@ def evaluate_workdir(config, workdir: str, export: str | None = None) -> dict:
   evaluators = evaluators_lib.build_all(config, context, tuple(config.model.towers))
   if export:  # the export needs the (image, text) retrieval embeddings
     evaluators.setdefault("retrieval", evaluators_lib.build_all(
-        _only_retrieval(config), context, tuple(config.model.towers))["retrieval"])
+        _only(config, "retrieval", pair=("image", "text")), context,
+        tuple(config.model.towers))["retrieval"])
+  if export_captions:
+    captioner = _captioner(config, context, evaluators)
   result = evaluators_lib.run(evaluators, list(evaluators), model, restored.state.params,
                               config.eval.batch_size)
   result["step"] = restored.step
@@ -68,6 +79,8 @@ def evaluate_workdir(config, workdir: str, export: str | None = None) -> dict:
   for evaluator in evaluators.values():  # every process: reports may compute sharded
     if hasattr(evaluator, "report"):
       evaluator.report(workdir)
+  if export_captions and primary:
+    evaluators[captioner].export(export_captions)
   if export and primary:
     test, emb = context.test, evaluators["retrieval"].last
     buf = io.BytesIO()
@@ -78,13 +91,32 @@ def evaluate_workdir(config, workdir: str, export: str | None = None) -> dict:
   return result
 
 
-def _only_retrieval(config):
-  """config with one evaluator: retrieval over (image, text)."""
+def _only(config, kind: str, **kwargs):
+  """config with one evaluator, `kind` (its id too), at the end."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.eval.evaluators = {"retrieval": dict(kind="retrieval", every=-1,
-                                                pair=("image", "text"))}
+    config.eval.evaluators = {kind: dict(kind=kind, every=-1, **kwargs)}
   return config
+
+
+def _captioner(config, context, evaluators) -> str:
+  """The id of the captioning evaluator whose captions --export-captions
+  writes: the config's own (its settings), else a greedy one added here."""
+  from mmjax.eval import captioning, evaluators as evaluators_lib  # pylint: disable=g-import-not-at-top
+  for eid, evaluator in evaluators.items():
+    if isinstance(evaluator, captioning.Captioning):
+      return eid
+  heads = [name for name, spec in (config.model.get("heads") or {}).items()
+           if spec.get("kind") == "caption_decoder"]
+  if not heads:
+    raise ValueError("--export-captions needs a caption decoder, and this model has none "
+                     f"(heads: {sorted(config.model.get('heads') or {})}); train one with "
+                     "config.model.heads.caption = dict(kind='caption_decoder', ...) and a "
+                     "captioning loss term (see experiments/shapes_coca.py).")
+  evaluators["captioning"] = evaluators_lib.build_all(
+      _only(config, "captioning", head=heads[0]), context,
+      tuple(config.model.towers))["captioning"]
+  return "captioning"
 
 
 def main(argv):
@@ -94,13 +126,22 @@ def main(argv):
   multihost.initialize()  # before anything touches a device
 
   with cli.clean_errors():
-    result = evaluate_workdir(_CONFIG.value, _WORKDIR.value, _EXPORT.value)
+    result = evaluate_workdir(_CONFIG.value, _WORKDIR.value, _EXPORT.value,
+                              _EXPORT_CAPTIONS.value)
     print(f"checkpoint step {result['step']} in {_WORKDIR.value}")
     from mmjax.eval import evaluators  # pylint: disable=g-import-not-at-top
     print(evaluators.format_results(result))
     if _EXPORT.value:
       print(f"embeddings written to {_EXPORT.value}")
+    if _EXPORT_CAPTIONS.value:
+      print(f"captions written to {_EXPORT_CAPTIONS.value} (references beside it)")
+
+
+def _flag_names(argv):
+  """--export-captions (the documented spelling) as absl's --export_captions."""
+  return [a.replace("--export-captions", "--export_captions", 1)
+          if a.startswith("--export-captions") else a for a in argv]
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=_flag_names(sys.argv))

@@ -261,8 +261,9 @@ def _absl_flags_parsed() -> None:
 def test_data(config, tokenizer: Tokenizer) -> dict:
   """The evaluation split, tokenized: every caption of the first N images.
 
-  Returns {"image": uint8 [N, S, S, 3], "text": int32 [M, L],
-           "text_to_image": int32 [M], "image_ids": [N] str} with
+  Returns {"image": uint8 [N, S, S, 3], "text": int32 [M, L], "captions":
+           [M] str (as written, untruncated), "text_to_image": int32 [M],
+           "image_ids": [N] str} with
   N = config.eval.num_images (all images when it is -1), M the number of
   their captions; plus each of config.data.fields for the N images (sketch:
   uint8 [N, S, S, 1], scene_id: int32 [N]).
@@ -283,6 +284,7 @@ def test_data(config, tokenizer: Tokenizer) -> dict:
   captions = [c for c, k in zip(captions, keep) if k]
   data = {"image": np.asarray(images[:n]),
           "text": tokenizer.encode(captions, config.data.context_length),
+          "captions": np.asarray(captions),
           "text_to_image": np.asarray(owner)[keep].astype(np.int32),
           "image_ids": np.asarray(ids[:n])}
   for name in fields:  # only shapes has fields (_check_fields), so scenes is set

@@ -7,6 +7,7 @@ mmjax.eval.evaluators.EVALUATORS):
              sentence frames
   itm        image-text matching heads trained on frozen towers over the
              training stream, scored on the test split's mined hard negatives
+             (or, with trained_head, the model's own in-step-trained head)
 
 Each is built from an evaluator Context and called with Encoders.
 """
@@ -18,7 +19,7 @@ import numpy as np
 from mmjax.data import shapes, shapes_heldout, shapes_zeroshot
 from mmjax.eval import gallery, retrieval, retrieval_evaluator
 from mmjax.eval.evaluators import EvaluatorConfigError
-from mmjax.eval.pairs import make_pairs, roc_auc
+from mmjax.eval.pairs import binary_metrics, make_pairs, roc_auc
 from mmjax.models.heads.fusion import HEADS, NEEDS_TOKENS
 
 TEST_IMAGES = 1000  # the shapes test split (pipeline.TEST_IMAGES)
@@ -180,18 +181,33 @@ class Matching:
   arguments override ITM_DEFAULTS. Writes "itm/<kind>/{accuracy, precision,
   recall, f1, auc}" and "itm/contrastive/auc", the ROC AUC of the model's own
   similarity on the same test pairs: the bar a head has to clear.
+
+  trained_head: the name of the model's own ITM head (config.model.heads.<name>
+  of kind "itm", trained in the train step on in-batch hard negatives), e.g.
+  "itm". Nothing is trained then: that head scores the same mined test pairs,
+  as "itm/trained/{accuracy, precision, recall, f1, auc}" (num_train, steps
+  and batch_size go unused; top_k and easy_fraction still shape the pairs).
+  `last` holds the pairs and the head's logits of the last call.
   """
 
   modalities = ("image", "text")
 
-  def __init__(self, context, kinds: Sequence[str] | None = None, **settings):
+  def __init__(self, context, kinds: Sequence[str] | None = None,
+               trained_head: str | None = None, **settings):
     from mmjax.train import matching  # pylint: disable=g-import-not-at-top
     _require_shapes(context, "itm")
     unknown = sorted(set(settings) - set(ITM_DEFAULTS))
     if unknown:
       raise EvaluatorConfigError(f"the itm evaluator has unknown keys {unknown}; known: "
-                                 f"{sorted(ITM_DEFAULTS)} and kinds.")
-    self.kinds = tuple(kinds or HEADS)
+                                 f"{sorted(ITM_DEFAULTS)} and kinds (or trained_head).")
+    if trained_head is not None and kinds is not None:
+      raise EvaluatorConfigError(
+          f"the itm evaluator was given kinds={kinds!r} and trained_head={trained_head!r}: "
+          "with trained_head it trains nothing; use two config.eval.evaluators entries "
+          "(one with kinds, one with trained_head).")
+    self.trained_head = trained_head
+    self.last = None
+    self.kinds = () if trained_head is not None else tuple(kinds or HEADS)
     for kind in self.kinds:
       matching.head_key(kind)  # unknown kinds fail here, listing the known ones
     self.context, self.settings = context, {**ITM_DEFAULTS, **settings}
@@ -207,23 +223,38 @@ class Matching:
     from mmjax.train import matching  # pylint: disable=g-import-not-at-top
     s, c = self.settings, self.context
     model, params = encoders.model, encoders.params
-    tokens = any(kind in NEEDS_TOKENS for kind in self.kinds)
-    train = itm_train_data(c, s["num_train"])
+    own = None  # (fusion kind, params, head_cfg) of the model's own head
+    if self.trained_head is not None:
+      try:  # before anything is computed: a model without the head fails at once
+        own = matching.model_head(model, params, self.trained_head)
+      except ValueError as e:
+        raise EvaluatorConfigError(f"the itm evaluator's trained_head: {e}") from None
+    kinds = self.kinds if own is None else (own[0],)
+    tokens = any(kind in NEEDS_TOKENS for kind in kinds)
     test = dict(c.test)
     test["group"] = scene_groups(_test_split(c)["scenes"][:len(test["image"])])
+    test_f = matching.tower_features(model, params, test, tokens=tokens,
+                                     batch_size=c.batch_size)
+    pairs = make_pairs(test_f["zimg"], test_f["ztxt"], test["text_to_image"], test["group"],
+                       top_k=s["top_k"], seed=matching.TEST_SEED,
+                       easy_fraction=s["easy_fraction"])
+    cosine = np.sum(test_f["zimg"][pairs["image"]] * test_f["ztxt"][pairs["text"]], axis=-1)
+    metrics = {"itm/contrastive/auc": roc_auc(cosine, pairs["label"])}
+    if own is not None:
+      kind, head_params, head_cfg = own
+      logits = matching.head_logits(kind, head_params, test_f, pairs, head_cfg=head_cfg,
+                                    batch_size=c.batch_size)
+      self.last = {"pairs": pairs, "logits": logits}
+      metrics.update({f"itm/trained/{k}": v
+                      for k, v in binary_metrics(logits, pairs["label"]).items()})
+      return metrics
+    train = itm_train_data(c, s["num_train"])
     # Negatives mined over more images are closer to their positives: train
     # pairs are mined in pools the size of the test split, so the head learns
     # negatives as hard as those it is scored on.
     pool = len(test["image"])
     train_f = matching.tower_features(model, params, train, tokens=tokens,
                                       batch_size=c.batch_size)
-    test_f = matching.tower_features(model, params, test, tokens=tokens,
-                                     batch_size=c.batch_size)
-    pairs = make_pairs(test_f["zimg"], test_f["ztxt"], test["text_to_image"],
-                                test["group"], top_k=s["top_k"], seed=matching.TEST_SEED,
-                                easy_fraction=s["easy_fraction"])
-    cosine = np.sum(test_f["zimg"][pairs["image"]] * test_f["ztxt"][pairs["text"]], axis=-1)
-    metrics = {"itm/contrastive/auc": roc_auc(cosine, pairs["label"])}
     for kind in self.kinds:
       trained = matching.train_head(kind, model, params, train, steps=s["steps"],
                                     batch_size=s["batch_size"], seed=c.seed,

@@ -23,6 +23,7 @@ under its contract names, the others under their own prefixes.
 
 import dataclasses
 import functools
+import re
 from typing import Any, Callable, Mapping
 
 import jax
@@ -41,6 +42,8 @@ EVALUATORS = {
     "itm": "mmjax.data.shapes_evaluators.Matching",
     "audio_zeroshot": "mmjax.eval.audio_zeroshot.AudioZeroShot",
     "fusion": "mmjax.data.shapes_fusion.Fusion",
+    "captioning": "mmjax.eval.captioning.Captioning",
+    "caption_likelihood": "mmjax.eval.likelihood.CaptionLikelihood",
 }
 SPEC_KEYS = ("kind", "every")
 
@@ -116,14 +119,17 @@ class Context:
 
 # --- running the model on arrays -------------------------------------------------
 
-def batched(fn: Callable, x, batch_size: int):
+def batched(fn: Callable, x, batch_size: int, multiple_of: int = 1):
   """Applies fn to fixed-size batches of x (the last one padded), so it compiles once.
 
   x: [N, ...]; fn maps [b, ...] to an array or a dict of arrays [b, ...].
+  multiple_of: the batch is rounded up to a multiple of it (the number of
+  shards of a batch split over devices), padding if need be.
   Returns the same structure, NumPy, over all N rows.
   """
   n = len(x)
   size = min(batch_size, n)  # a split smaller than one batch: no padding
+  size = -(-size // multiple_of) * multiple_of
   chunks = []
   for start in range(0, n, size):
     chunk = x[start:start + size]
@@ -146,6 +152,20 @@ def replicated_like(params):
     if isinstance(sharding, NamedSharding):
       return NamedSharding(sharding.mesh, P())
   return None
+
+
+_BUILT: dict = {}
+
+
+def jitted_once(key, make: Callable):
+  """make() -> a jitted function, built once per hashable key (model and
+  options; make itself is not part of the key, as a new lambda each call
+  would be): an evaluator that runs every eval_every steps compiles once."""
+  if key not in _BUILT:
+    if len(_BUILT) >= 16:  # a bound, as an lru_cache has: drop the oldest
+      _BUILT.pop(next(iter(_BUILT)))
+    _BUILT[key] = make()
+  return _BUILT[key]
 
 
 @functools.lru_cache(maxsize=32)
@@ -296,9 +316,13 @@ def format_results(result: dict) -> str:
     names = {f"{prefix}{a}_to_{b}_": "image_to_text_", f"{prefix}{b}_to_{a}_": "text_to_image_"}
     if any(n + "R@1" in tabled for n in names) or f"{prefix}{b}_to_{a}_R@1" not in result:
       continue
+    # Only the keys the table shows (R@K, mean and median rank); others of
+    # the same prefix (e.g. likelihood/..._recall_in_top_k) print on a line.
+    shown = re.compile(r"(R@\d+|mean_rank|median_rank)$")
     sub = {names[n] + k[len(n):]: v for n in names for k, v in result.items()
-           if k.startswith(n)}
-    tabled.update(k for n in names for k in result if k.startswith(n))
+           if k.startswith(n) and shown.fullmatch(k[len(n):])}
+    tabled.update(k for n in names for k in result
+                  if k.startswith(n) and shown.fullmatch(k[len(n):]))
     if prefix or (a, b) != ("image", "text"):
       lines.append(f"{prefix}{a} <-> {b}:")
     lines.append(retrieval.format_table(sub, labels=(f"{a}->{b}", f"{b}->{a}")))

@@ -45,7 +45,9 @@ import optax
 
 from mmjax.eval.evaluators import batched, replicated_like
 from mmjax.eval.pairs import binary_metrics, make_pairs, sample_hard_negatives
+from mmjax.models import registry as model_registry
 from mmjax.models.heads.fusion import NEEDS_TOKENS, make_head
+from mmjax.models.heads.matching import MatchingHead
 
 IMAGE_KEYS = ("zimg", "image_tokens")
 TEXT_KEYS = ("ztxt", "text_tokens", "text_mask")
@@ -86,6 +88,45 @@ def load_head(params: Mapping, kind: str):
         f"{kind!r}, model, params, train_data), which returns the params with the head "
         f"under {key!r}.")
   return tree[key]
+
+
+def model_head(model, params: Mapping, name: str = "itm") -> tuple[str, dict, dict]:
+  """The model's own ITM head `name` (config.model.heads.<name>, kind "itm",
+  trained in the train step), as the fusion head it wraps.
+
+  params: the model's params (or a {"params": ...} dict), holding the head
+  under "<name>_head".
+  Returns (fusion kind, its params, head_cfg): what head_logits and
+  evaluate_head take, so the head scores the same pairs as one trained here.
+  ValueError naming the fix when the model or its params have no such head,
+  or it does not match images with captions.
+  """
+  heads = dict(getattr(model, "heads", None) or {})
+  spec = dict(heads.get(name) or {})
+  cls = model_registry.head_class(spec.pop("kind", None), name) if name in heads else None
+  if not (isinstance(cls, type) and issubclass(cls, MatchingHead)):
+    found = ("has no ITM head" if cls is None
+             else f"has a {getattr(cls, '__name__', cls)}, not an ITM head, as head")
+    raise ValueError(
+        f"the model {found} {name!r} (heads: {sorted(heads)}); add "
+        f"config.model.heads.{name} = dict(kind='itm', fusion='concat_mlp') and its loss "
+        f"term (binary_cross_entropy on {name}/logits, {name}/labels), or score heads "
+        "trained on the frozen towers instead (the itm evaluator without trained_head).")
+  # As MultiTower builds it: the model's compute dtype unless the spec sets one.
+  spec.setdefault("dtype", getattr(model, "dtype", "float32"))
+  head = cls(**spec)
+  if tuple(head.pair) != ("image", "text"):
+    raise ValueError(f"ITM head {name!r} matches {tuple(head.pair)}, not (image, text) "
+                     "pairs; only an image-text head scores the itm evaluator's pairs.")
+  tree = params["params"] if "params" in params and f"{name}_head" not in params else params
+  children = dict(tree.get(f"{name}_head") or {})
+  if len(children) != 1:
+    raise ValueError(
+        f"the params have {sorted(children) or 'nothing'} under {name + '_head'!r}, not the "
+        f"one fusion head ITM head {name!r} holds; evaluate the checkpoint of a model "
+        "trained with that head.")
+  (head_params,) = children.values()
+  return head.fusion, head_params, {**dict(head.options), "dtype": head.dtype}
 
 
 def encode_tokens(model, variables, images=None, tokens=None) -> dict:
