@@ -31,8 +31,9 @@ def get_config():
                                     source="image")
   config.loss.terms.caption = captioning.term("caption", weight=2.0)
   config.eval.evaluators.zeroshot.every = -1
+  # tokenizer="ptb" and meteor=True score as the COCO server does (need Java).
   config.eval.evaluators.captioning = dict(kind="captioning", every=-1, method="beam",
-                                           beam_size=3)
+                                           beam_size=3, tokenizer="simple", meteor=False)
   # Captions scored by the decoder's likelihood (as CapPa evaluates): retrieval
   # re-ranked among the embedding's top 10, and zero-shot from prompts.
   config.eval.evaluators.likelihood = dict(kind="caption_likelihood", every=-1)

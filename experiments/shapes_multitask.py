@@ -39,7 +39,8 @@ def get_config():
   config.loss.weighting = "uncertainty"
   evaluators = config.eval.evaluators
   evaluators.zeroshot.every = -1
-  evaluators.captioning = dict(kind="captioning", every=-1, method="beam", beam_size=3)
+  evaluators.captioning = dict(kind="captioning", every=-1, method="beam", beam_size=3,
+                               tokenizer="simple", meteor=False)
   evaluators.likelihood = dict(kind="caption_likelihood", every=-1)
   # The model's own ITM head, scored on hard test pairs mined by similarity.
   evaluators.itm = dict(kind="itm", every=-1, trained_head="itm")
