@@ -37,9 +37,9 @@ def pytest_unconfigure(config):
 # workers take whole files (--dist loadfile) in collection order, so a long
 # file collected last would run alone at the end while the other worker idles.
 LONGEST_FIRST = (
-    "parallel/test_multiprocess.py", "parallel/test_sharded_training.py",
-    "train/test_preemption.py", "train/test_distill.py", "hub/test_released_runs.py",
-    "train/test_loop.py", "train/test_matching.py", "train/test_warm_start.py",
+    "parallel/test_sharded_training.py", "parallel/test_multiprocess.py",
+    "train/test_distill.py", "train/test_preemption.py", "hub/test_released_runs.py",
+    "train/test_matching.py", "train/test_loop.py", "train/test_warm_start.py",
     "train/test_image_text.py", "models/test_towers.py", "data/test_shapes_evaluators.py",
     "train/test_gcs.py", "data/test_shapes_fusion.py", "test_fork_example.py",
     "models/test_audio.py", "train/test_audio_text.py", "train/test_restore_policy.py",

@@ -235,7 +235,8 @@ def model(config, tok=None, *, vocab_size: int | None = None, pad_id: int | None
              bias_init=m.get("bias_init", None),
              pair_scales=tuple(tuple(p) for p in m.get("pair_scales", ()) or ()),
              dtype=config.dtype, teacher_dim=distill.get("projection_dim", 0) or None,
-             task_log_vars=learned_weights(config))
+             # Only when learned: a fork's model class need not know the attribute.
+             **({"task_log_vars": learned} if (learned := learned_weights(config)) else {}))
 
 
 def learned_weights(config) -> tuple[str, ...]:

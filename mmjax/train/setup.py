@@ -62,8 +62,6 @@ def setup(config, workdir: str) -> Run:
   model = build.model(config, tok)
   loss_fn = build.loss_fn(config, terms, mesh)
   # A resumed student reads the teacher step its checkpoints pin, not the latest.
-  import time
-  if jax.process_index() == 1: time.sleep(8)
   pinned_teacher = pins.teacher_step(_latest_data(workdir))
   # Read and checked before compiling; its params are an input of every step.
   teacher = teacher_lib.load(config, terms, mesh, tok, step=pinned_teacher)  # None: none

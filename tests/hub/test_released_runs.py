@@ -26,7 +26,11 @@ from mmjax.hub import big_vision, families, imported as imported_lib, workdir as
 from mmjax.models import multi_tower
 from tests import modules
 from tests.subprocesses import ROOT, child_env
+from tests.train import conftest as train_conftest
 from tests.train.conftest import override, tiny_config
+
+# The fixture, here too: the fine-tuning test runs the loop twice.
+matmul_rate_once = train_conftest.matmul_rate_once
 
 VARIANT = "mu/8"   # width 32, depth 1, mlp 128, 2 heads; patch 8
 RES, TEXT_LEN = 32, 16
@@ -160,6 +164,7 @@ def _train_rows(workdir: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("matmul_rate_once")
 def test_finetuning_runs_sharded_and_resumes_exactly(files, tmp_path):
   from mmjax.train import loop, warm_start
   _, _, imported = files

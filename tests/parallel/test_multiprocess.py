@@ -10,15 +10,18 @@ import sys
 import pytest
 
 from tests.subprocesses import ROOT, child_env, write_config
-from tests.train.conftest import truncate_arrays
+from tests.train.conftest import TRAIN_SMALL_PEAK, truncate_arrays
 
 pytestmark = pytest.mark.slow  # launches several JAX processes
 
 CONFIG = """
 from tests.train.conftest import tiny_config
 
-def get_config():
-  return tiny_config(batch_size=16, total_steps=4, eval_every=4, checkpoint_every=4)
+def get_config(arg=""):
+  c = tiny_config(batch_size=16, total_steps=4, eval_every=4, checkpoint_every=4)
+  if arg == "no_eval":  # an evaluation setting, which a resume may change
+    c.eval.evaluators.retrieval.every = None
+  return c
 """
 
 
@@ -45,8 +48,11 @@ def config_file(tmp_path_factory):
 # mmjax.train with process 1 late to look for checkpoints: process 0 creates the
 # directory meanwhile, and both must still take the same path through setup
 # (they once entered different collectives and stopped with a sync mismatch).
+# Every training process here is started as TRAIN_SMALL_PEAK (python -m
+# mmjax.train, its peak matmul rate measured on a small product): no test here
+# reads a perf/ metric.
 LAGGING_TRAIN = """
-import os, runpy, time
+import os, time
 from mmjax import paths
 _isdir = paths.isdir
 def isdir(path):
@@ -54,8 +60,8 @@ def isdir(path):
     time.sleep(5)
   return _isdir(path)
 paths.isdir = isdir
-runpy.run_module("mmjax.train", run_name="__main__", alter_sys=True)
-"""
+""" + TRAIN_SMALL_PEAK
+TRAIN = (sys.executable, "-c", TRAIN_SMALL_PEAK)
 
 
 # One process x 8 devices on mesh (2, 4, 1): the reference the two-process run
@@ -69,8 +75,7 @@ EIGHT = "--xla_force_host_platform_device_count=8"
 def one_process(config_file, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("one_process") / "run")
   out = subprocess.run(
-      [sys.executable, "-m", "mmjax.train", f"--config={config_file}", *RUN,
-       f"--workdir={workdir}"],
+      [*TRAIN, f"--config={config_file}", *RUN, f"--workdir={workdir}"],
       cwd=ROOT, env=_env(XLA_FLAGS=EIGHT), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
   return workdir
@@ -124,12 +129,13 @@ def test_mismatched_process_id_is_rejected():
 
 def test_missing_process_fails_with_the_fix(tmp_path):
   # Process 0 of 2, and no process 1: the join must fail within the timeout
-  # (not hang) and the log must say what to check.
+  # (not hang) and the log must say what to check. (The shortest timeout: the
+  # wait is the test's cost, and nothing is expected to arrive.)
   out = subprocess.run(
       [sys.executable, "-c", "from mmjax.parallel import multihost; multihost.initialize()"],
       cwd=ROOT, capture_output=True, text=True, timeout=60,
       env=_env(MMJAX_COORDINATOR=f"127.0.0.1:{_free_port()}", MMJAX_NUM_PROCESSES="2",
-               MMJAX_PROCESS_ID="0", MMJAX_INIT_TIMEOUT="3"))
+               MMJAX_PROCESS_ID="0", MMJAX_INIT_TIMEOUT="1"))
   assert out.returncode != 0
   assert "not all 2 processes started with MMJAX_COORDINATOR=" in out.stderr
   assert "DEADLINE_EXCEEDED" in out.stderr
@@ -140,7 +146,8 @@ def test_checkpoint_resumes_on_another_mesh_and_process_count(config_file, one_p
   """Saved at step 4 on mesh (2, 4, 1), 1 process x 8 devices; step 5 resumed on
   (8, 1, 1) and on 2 processes x 4 devices (past a damaged step 5) gives the
   same loss."""
-  cmd = [sys.executable, "-m", "mmjax.train", f"--config={config_file}", *RUN[:3]]
+  # Without the end-of-run evaluation: only the loss of step 5 is compared.
+  cmd = [*TRAIN, f"--config={config_file}:no_eval", *RUN[:3]]
   eight = _env(XLA_FLAGS=EIGHT)
   source = one_process
   want = dict(_losses(source))[5]

@@ -1,5 +1,6 @@
 """A tiny shapes config, so the end-to-end tests compile in seconds."""
 
+import functools
 import os
 
 import pytest
@@ -66,3 +67,31 @@ def truncate_arrays(step_dir) -> None:
       for name in files:
         path = os.path.join(where, name)
         os.truncate(path, os.path.getsize(path) // 2)
+
+
+@pytest.fixture(scope="module")
+def matmul_rate_once():
+  """Makes mmjax.train.perf.matmul_flops_per_sec measure once in the module
+  and answer every later call with that number. The loop calls it at the start
+  of every run (the ceiling of perf/flops_fraction), and each measurement keeps
+  the CPU busy for over a second; the machine's matmul rate is the same for
+  all the runs of one test module. Request it from the first fixture that runs
+  the loop."""
+  from mmjax.train import perf  # pylint: disable=g-import-not-at-top
+  real = perf.matmul_flops_per_sec
+  perf.matmul_flops_per_sec = functools.cache(real)
+  yield
+  perf.matmul_flops_per_sec = real
+
+
+# `python -c TRAIN_SMALL_PEAK ARGS...` is `python -m mmjax.train ARGS...` with
+# the peak matmul rate it measures at every start (the ceiling of
+# perf/flops_fraction: seconds of busy CPU on 2048 x 2048 products) measured on
+# a 256 x 256 product instead, for the tests that start many training
+# processes and read no perf/ metric.
+TRAIN_SMALL_PEAK = """
+import functools, runpy
+from mmjax.train import perf
+perf.matmul_flops_per_sec = functools.partial(perf.matmul_flops_per_sec, n=256, seconds=0.0)
+runpy.run_module("mmjax.train", run_name="__main__", alter_sys=True)
+"""

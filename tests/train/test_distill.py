@@ -2,6 +2,8 @@
 
 One teacher run (2 steps, wider and with 16-d embeddings) serves every test;
 the students are the 8-d tiny model unless a test needs the teacher's own.
+Compiles are most of the time here: the KL + MSE student on the (4, 2, 1) mesh
+is one program, shared by the step-level tests and the distilled run.
 """
 
 import json
@@ -27,7 +29,9 @@ from mmjax.train import teacher as teacher_lib
 
 from tests.train.conftest import tiny_config
 
-pytestmark = pytest.mark.slow  # trains teachers and students
+# matmul_rate_once: the loop runs three times here.
+pytestmark = [pytest.mark.slow,  # trains teachers and students
+              pytest.mark.usefixtures("matmul_rate_once")]
 
 TEACHER_MODEL = {
     "model.towers.image": dict(kind="vit", patch_size=8, width=32, depth=1, num_heads=2,
@@ -41,8 +45,10 @@ KL_MSE = {"kl_alignment": 1.0, "mse_to_teacher": 1.0}
 
 
 def teacher_config(**overrides):
+  # Not evaluated: the tests read its checkpoint, config and tokenizer only.
   return tiny_config(**{**TEACHER_MODEL, "total_steps": 2, "checkpoint_every": 2,
-                        "eval_every": 0, **overrides})
+                        "eval_every": 0, "eval.evaluators.retrieval.every": None,
+                        **overrides})
 
 
 def student_config(teacher, terms=KL_MSE, **overrides):
@@ -113,10 +119,15 @@ def _setup(config, tok):
                          teacher=teacher, fresh=fresh, run=run, make=make)
 
 
+# The KL + MSE student's params and teacher split over fsdp=2: the step-level
+# tests and the distilled run below (the same compiled step).
+SHARDED = {"mesh.data": 4, "mesh.fsdp": 2}
+
+
 @pytest.fixture(scope="module")
 def sharded(teacher_dir, tok):
   """A KL + MSE student whose params and teacher are split over fsdp=2."""
-  return _setup(student_config(teacher_dir, **{"mesh.data": 4, "mesh.fsdp": 2}), tok)
+  return _setup(student_config(teacher_dir, **SHARDED), tok)
 
 
 # The teacher is read once and never changes.
@@ -148,7 +159,7 @@ def test_no_gradient_reaches_the_teacher(sharded):
   """d loss / d teacher params is exactly zero; without stop_gradient it would not be."""
   teacher, model = sharded.teacher, sharded.model
   batch = jax.tree.map(jnp.asarray, sharded.make(0))
-  student = model.apply({"params": sharded.fresh().params}, batch)
+  student = jax.jit(model.apply)({"params": sharded.fresh().params}, batch)
   loss_fn = losses.combine(sharded.terms)
 
   def loss_of(teacher_params, outputs_fn):
@@ -380,9 +391,9 @@ def test_a_teacher_term_without_a_teacher_names_the_key(term, reads):
 
 @pytest.fixture(scope="module")
 def distilled(teacher_dir, tmp_path_factory):
-  """Four KL + MSE steps, checkpoints at 2 and 4."""
+  """Four KL + MSE steps on the (4, 2, 1) mesh, checkpoints at 2 and 4."""
   workdir = str(tmp_path_factory.mktemp("distilled"))
-  result = loop.train_and_evaluate(student_config(teacher_dir), workdir)
+  result = loop.train_and_evaluate(student_config(teacher_dir, **SHARDED), workdir)
   return workdir, result
 
 
@@ -425,7 +436,7 @@ def test_a_distilled_run_resumes_on_the_same_curve(distilled, teacher_dir, tmp_p
     return real_load(*args, step=step, **kwargs)
 
   monkeypatch.setattr(teacher_lib, "load", load)
-  again = loop.train_and_evaluate(student_config(teacher_dir), resumed)
+  again = loop.train_and_evaluate(student_config(teacher_dir, **SHARDED), resumed)
   assert asked == [max(teacher_steps)]
   original = {r["step"]: r for r in _rows(workdir) if "train/loss" in r}
   rows = {r["step"]: r for r in _rows(resumed) if "train/loss" in r}
@@ -441,7 +452,7 @@ def test_evaluate_reads_a_distilled_student_without_its_teacher(distilled, tmp_p
   copy = str(tmp_path / "copy")
   shutil.copytree(workdir, copy)
   # The teacher is not read: the student's checkpoint and config are enough.
-  out = evaluate.evaluate_workdir(student_config("/teacher/moved/away"), copy)
+  out = evaluate.evaluate_workdir(student_config("/teacher/moved/away", **SHARDED), copy)
   assert out["step"] == 4
   for key in ("image_to_text_R@1", "text_to_image_R@1", "text_to_image_mean_rank"):
     assert out[key] == pytest.approx(result[key], abs=1e-6)

@@ -21,7 +21,9 @@ from mmjax.train import loop
 
 from tests.train.conftest import tiny_config
 
-pytestmark = pytest.mark.slow  # prepares datasets and trains on them end to end
+# matmul_rate_once: the loop runs once per format.
+pytestmark = [pytest.mark.slow,  # prepares datasets and trains on them end to end
+              pytest.mark.usefixtures("matmul_rate_once")]
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
            "yellow": (230, 220, 40), "black": (10, 10, 10), "white": (245, 245, 245)}

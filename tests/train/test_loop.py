@@ -21,7 +21,9 @@ from mmjax.train import step as step_lib
 
 from tests.train.conftest import tiny_config
 
-pytestmark = pytest.mark.slow  # runs the training loop end to end
+# matmul_rate_once: the loop runs four times here.
+pytestmark = [pytest.mark.slow,  # runs the training loop end to end
+              pytest.mark.usefixtures("matmul_rate_once")]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -102,8 +104,8 @@ class _PoisonedModel:
   def __init__(self, model):
     self._model = model
 
-  def apply(self, variables, batch):
-    out = self._model.apply(variables, batch)
+  def apply(self, variables, batch, **kwargs):
+    out = self._model.apply(variables, batch, **kwargs)
     black = jnp.all(batch["image"] == 0)
     return {**out, "z/image": jnp.where(black, jnp.nan, out["z/image"])}
 
