@@ -49,6 +49,11 @@ PRESETS = {
     "b32-lite": dict(image_size=224, patch=32, width=384, depth=6, heads=6,
                      text_width=384, text_depth=6, text_heads=6, context=64,
                      vocab=49408, embed=384),
+    # ViT-B/16 with a B text tower, SigLIP B/16's sizes (its 32k vocabulary,
+    # 64 tokens) in this benchmark's CLIP layout; experiments/benchmarks/gpu_check.py.
+    "b16": dict(image_size=224, patch=16, width=768, depth=12, heads=12,
+                text_width=768, text_depth=12, text_heads=12, context=64,
+                vocab=32000, embed=768),
 }
 LOSSES = {"softmax": "softmax_contrastive", "sigmoid": "sigmoid_contrastive"}
 LR, WEIGHT_DECAY = 1e-3, 0.1
@@ -68,7 +73,8 @@ def random_batch(spec: dict, batch: int, seed: int = 0) -> dict:
   return {"image": images, "text": tokens}
 
 
-def mmjax_model(spec: dict, loss: str) -> multi_tower.MultiTower:
+def mmjax_model(spec: dict, loss: str, dtype: str = "float32") -> multi_tower.MultiTower:
+  """The model of `spec`; dtype is the towers' compute dtype (params stay float32)."""
   return multi_tower.MultiTower(
       towers=FrozenDict(
           image=FrozenDict(kind="vit", patch_size=spec["patch"], width=spec["width"],
@@ -79,24 +85,38 @@ def mmjax_model(spec: dict, loss: str) -> multi_tower.MultiTower:
                           depth=spec["text_depth"], num_heads=spec["text_heads"],
                           causal=True, pool="eos")),
       embed_dim=spec["embed"], temperature_init=10.0,
-      bias_init=-10.0 if loss == "sigmoid" else None)
+      bias_init=-10.0 if loss == "sigmoid" else None, dtype=dtype)
+
+
+def mmjax_step(spec: dict, loss: str, dtype: str = "float32"):
+  """(model, optimizer, train_step(state, batch, frozen_params)) as MmjaxSide runs them."""
+  model = mmjax_model(spec, loss, dtype)
+  tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY, mask=state_lib.decay_mask)
+  step = step_lib.make_train_step(model, tx, losses.combine({LOSSES[loss]: 1.0}),
+                                  lambda s: LR)
+  return model, tx, step
 
 
 class MmjaxSide:
-  """mmjax's own train step (mmjax.train.step), jitted with the state donated."""
+  """mmjax's own train step (mmjax.train.step), jitted with the state donated.
 
-  def __init__(self, spec: dict, loss: str, batch: dict):
-    model = mmjax_model(spec, loss)
-    tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY, mask=state_lib.decay_mask)
-    params = state_lib.init_params(model, jax.random.key(0),
-                                   {k: v[:1] for k, v in batch.items()})
-    self.num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-    self.state = state_lib.create(params, tx)
-    step = step_lib.make_train_step(model, tx, losses.combine({LOSSES[loss]: 1.0}),
-                                    lambda s: LR)
+  dtype: the towers' compute dtype. compiled: the step already compiled for
+  this batch's shapes (e.g. from abstract shapes), instead of compiling here.
+  """
+
+  def __init__(self, spec: dict, loss: str, batch: dict, dtype: str = "float32",
+               compiled=None):
+    model, tx, step = mmjax_step(spec, loss, dtype)
+    # Initialised under jit: one compile, where op-by-op init compiles every
+    # op of every layer (17.8 s against 6.8 s for gpu_check's tiny dry-run
+    # model on a busy 2-core CPU); the values agree to float rounding.
+    self.state = jax.jit(lambda b: state_lib.create(
+        state_lib.init_params(model, jax.random.key(0), b), tx))(
+            {k: v[:1] for k, v in batch.items()})
+    self.num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(self.state.params))
     self.batch = jax.device_put(batch)
-    self.compiled = jax.jit(step, donate_argnums=0).lower(self.state, self.batch,
-                                                          {}).compile()
+    self.compiled = compiled or jax.jit(step, donate_argnums=0).lower(
+        self.state, self.batch, {}).compile()
     self.flops = perf.compiled_flops(self.compiled)
     self.model = model
 
@@ -107,9 +127,15 @@ class MmjaxSide:
 
 class OpenClipSide:
   """open_clip's CLIP model and loss, torch.optim.AdamW, eager float32: what
-  open_clip's training script runs on CPU (no torch.compile)."""
+  open_clip's training script runs on CPU (no torch.compile).
 
-  def __init__(self, spec: dict, loss: str, batch: dict):
+  device: a torch device ("cuda" for a GPU). amp: None, or the autocast dtype
+  of the forward pass and loss ("bfloat16": open_clip's --precision amp_bf16;
+  parameters and optimizer stay float32, no grad scaler).
+  """
+
+  def __init__(self, spec: dict, loss: str, batch: dict, device: str = "cpu",
+               amp: str | None = None):
     import torch
     from open_clip import loss as oc_loss
     from open_clip import model as oc_model
@@ -125,6 +151,8 @@ class OpenClipSide:
     self.model = oc_model.CLIP(
         spec["embed"], vision, text, init_logit_scale=math.log(10.0),
         init_logit_bias=-10.0 if loss == "sigmoid" else None, output_dict=True)
+    self.device = torch.device(device)
+    self.model.to(self.device)
     self.model.train()
     self.num_params = sum(p.numel() for p in self.model.parameters())
     decay = [p for p in self.model.parameters() if p.ndim >= 2]
@@ -134,16 +162,18 @@ class OpenClipSide:
     self.loss = oc_loss.SigLipLoss() if loss == "sigmoid" else oc_loss.ClipLoss()
     self.sigmoid = loss == "sigmoid"
     # The same pixels as mmjax sees: uint8 -> [-1, 1], channels first.
-    self.images = (torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).float()
-                   * (2 / 255) - 1).contiguous()
-    self.tokens = torch.from_numpy(batch["text"]).long()
+    self.images = (torch.from_numpy(batch["image"]).to(self.device).permute(0, 3, 1, 2)
+                   .float() * (2 / 255) - 1).contiguous()
+    self.tokens = torch.from_numpy(batch["text"]).to(self.device).long()
+    self.amp = getattr(torch, amp) if amp else None
 
   def step(self) -> float:
-    out = self.model(self.images, self.tokens)
-    args = [out["image_features"], out["text_features"], out["logit_scale"]]
-    if self.sigmoid:
-      args.append(out["logit_bias"])
-    loss = self.loss(*args)
+    with self.torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+      out = self.model(self.images, self.tokens)
+      args = [out["image_features"], out["text_features"], out["logit_scale"]]
+      if self.sigmoid:
+        args.append(out["logit_bias"])
+      loss = self.loss(*args)
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
     self.opt.step()
