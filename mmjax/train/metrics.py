@@ -62,7 +62,10 @@ class MetricWriter:
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+    # wall_time (Unix seconds) places every row on the clock, for curves of
+    # quality against time (experiments/benchmarks/time_to_quality.py).
+    row = {"step": int(step), "wall_time": round(time.time(), 3),
+           **{k: _plain(v) for k, v in metrics.items()}}
     self.rows.append(row)
     if self.remote:
       self._rewrite()
@@ -70,7 +73,7 @@ class MetricWriter:
       with open(self.path, "a") as f:
         f.write(json.dumps(row) + "\n")
     for key, value in row.items():
-      if key != "step" and isinstance(value, (int, float)):
+      if key not in ("step", "wall_time") and isinstance(value, (int, float)):
         self._tb.add_scalar(key, value, step)
     if self.remote and time.monotonic() - self._uploaded > 60:
       self._upload_tensorboard()

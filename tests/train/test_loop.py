@@ -66,6 +66,9 @@ def test_metrics_rows_have_the_contract_keys(trained):
     assert 0 < r["perf/flops_fraction"] < 1.5  # a fraction of the measured matmul rate
   eval_rows = [r for r in _rows(workdir) if "eval/text_to_image_R@1" in r]
   assert [r["step"] for r in eval_rows] == [3, 6]
+  # Every row is on the clock, in the order it was written (time-to-quality curves).
+  times = [r["wall_time"] for r in _rows(workdir)]
+  assert times == sorted(times) and times[-1] - times[0] < 3600
 
 
 def test_eval_json_is_the_last_evaluation(trained):

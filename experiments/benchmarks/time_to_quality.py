@@ -1,0 +1,101 @@
+"""Retrieval quality against wall time: the default recipe and variants of it.
+
+Each recipe is one ordinary training command, run to its end in a subprocess
+while nothing else runs; the clock starts just before the command is launched,
+so start-up, tokenizer training, compilation, evaluations and checkpoints all
+count. Every row of metrics.jsonl carries `wall_time`, so each evaluation
+becomes one point (seconds since launch, text->image R@1).
+
+  python experiments/benchmarks/time_to_quality.py                  # the default run
+  python experiments/benchmarks/time_to_quality.py --recipes default_300,bias_-5
+
+Writes <workdir>/<recipe>/ (the runs), <out> (the plot, default
+docs/time_to_quality.png) and prints one JSON line: per recipe, the whole
+command's seconds, its final R@1 both ways, and the first time text->image
+R@1 reached each of --targets.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+# The default experiment, and a variant of its recipe on a shorter schedule
+# (compare it with "default_300"). More variants: extra --config.k=v arguments
+# apply to every recipe run.
+_PROBE = ["--config.total_steps=300", "--config.eval_every=100"]
+RECIPES = {
+    "default": ("experiments/shapes_siglip.py", []),
+    "default_300": ("experiments/shapes_siglip.py", _PROBE),
+    "bias_-5": ("experiments/shapes_siglip.py", _PROBE + ["--config.model.bias_init=-5.0"]),
+}
+METRIC = "eval/text_to_image_R@1"
+
+
+def run(name: str, workdir: str, extra: list[str]) -> dict:
+  """Trains recipe `name` into workdir/name; its curve and totals."""
+  config, overrides = RECIPES[name]
+  out = os.path.join(workdir, name)
+  if os.path.exists(os.path.join(out, "metrics.jsonl")):
+    raise SystemExit(f"{out} holds a run already; a resumed run would not time the "
+                     "whole command. Remove it or pass another --workdir.")
+  cmd = [sys.executable, "-m", "mmjax.train", "--config", config, "--workdir", out,
+         *overrides, *extra]
+  print(" ".join(cmd), file=sys.stderr, flush=True)
+  start = time.time()
+  subprocess.run(cmd, check=True)
+  seconds = time.time() - start
+  rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+  evals = [r for r in rows if METRIC in r]
+  curve = [(round(r["wall_time"] - start, 1), r["step"], r[METRIC],
+            r["eval/image_to_text_R@1"]) for r in evals]
+  return {"seconds": round(seconds, 1), "curve": curve,
+          "text_to_image_R@1": evals[-1][METRIC],
+          "image_to_text_R@1": evals[-1]["eval/image_to_text_R@1"],
+          "steps": evals[-1]["step"], "command": " ".join(cmd[1:])}
+
+
+def first_reaching(curve, target):
+  return next((t for t, _, r, _ in curve if r >= target), None)
+
+
+def plot(results: dict, path: str, targets) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  for name, r in results.items():
+    t = [0.0] + [p[0] / 60 for p in r["curve"]]
+    y = [0.0] + [p[2] for p in r["curve"]]
+    ax.plot(t, y, marker="o", label=f"{name} ({r['seconds'] / 60:.1f} min in all)")
+  for target in targets:
+    ax.axhline(target, color="grey", lw=0.8, ls="--")
+  ax.set_xlabel("wall time since launch (min)")
+  ax.set_ylabel("text->image R@1 (shapes test)")
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=120)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--recipes", default="default", help=f"comma-separated, of {sorted(RECIPES)}")
+  parser.add_argument("--workdir", default="runs/time_to_quality")
+  parser.add_argument("--out", default="docs/time_to_quality.png")
+  parser.add_argument("--targets", default="0.742,0.9")
+  args, extra = parser.parse_known_args()
+  targets = [float(t) for t in args.targets.split(",")]
+  results = {name: run(name, args.workdir, extra) for name in args.recipes.split(",")}
+  for r in results.values():
+    r["seconds_to"] = {str(t): first_reaching(r["curve"], t) for t in targets}
+  plot(results, args.out, targets)
+  print(json.dumps(results))
+
+
+if __name__ == "__main__":
+  main()
