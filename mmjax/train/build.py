@@ -27,19 +27,26 @@ _FROM_RUN = ("vocab_size", "context_length", "pad_id")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def check(config) -> dict[str, losses.Term]:
+def check(config, *, num_devices: int | None = None,
+          read_data: bool = True) -> dict[str, losses.Term]:
   """Validates the whole config before anything is compiled; returns the loss terms.
 
   Builds the model abstractly (jax.eval_shape: nothing allocated or compiled)
   to learn the names it outputs, then checks that every loss term and every
-  evaluator finds what it reads.
+  evaluator finds what it reads, and that the mesh and batch fit `num_devices`
+  (default: this job's devices; a planned TPU slice gives its chip count).
+  read_data=False checks the config alone, as a plan for a machine that has
+  the data does: the data dir need not exist, and the vocabulary size is
+  config.data.vocab_size.
   """
   configs.validate(config)
-  pipeline.check_data_config(config.data)
-  # Read once: an empty split or too large an eval.num_images fails here, and
-  # the evaluators learn the gallery sizes they can check before training.
-  test_split_size = pipeline.test_split_size(config.data)
-  configs.validate(config, test_split_size=test_split_size)
+  test_split_size = None
+  if read_data:
+    pipeline.check_data_config(config.data)
+    # Read once: an empty split or too large an eval.num_images fails here, and
+    # the evaluators learn the gallery sizes they can check before training.
+    test_split_size = pipeline.test_split_size(config.data)
+    configs.validate(config, test_split_size=test_split_size)
   _check_names(config)
   terms = losses.from_config(config.loss)
   model_ = model(config, vocab_size=config.data.vocab_size, pad_id=0)
@@ -50,14 +57,15 @@ def check(config) -> dict[str, losses.Term]:
           f"config.model.towers.{modality} reads batch field "
           f"{spec.get('input', modality)!r}, but batches hold {sorted(fields)}; set its "
           "`input` to one of them, or add the field (config.data.fields).")
-  _check_sample_rates(config)
+  if read_data:
+    _check_sample_rates(config)
   names = outputs(config, model_)
   losses.check(terms, names, fields, config.model.towers.keys())
   _check_loss_impl(config.loss.impl, terms)
   evaluators_lib.build_all(
       config, evaluators_lib.Context.without_data(config, test_split_size=test_split_size),
       modalities=tuple(config.model.towers))
-  shape = mesh_lib.mesh_shape(config.mesh, jax.device_count())
+  shape = mesh_lib.mesh_shape(config.mesh, num_devices or jax.device_count())
   mesh_lib.check_batch(config.batch_size, shape, config.optim.grad_accum_steps)
   return terms
 

@@ -119,6 +119,29 @@ def two_tower_train_flops(model, image_size: int, context_length: int,
   return 3.0 * per_example * batch_size
 
 
+def remat_recompute_flops(model, image_size: int, context_length: int,
+                          batch_size: int) -> float:
+  """FLOPs a step spends recomputing block activations when the towers
+  rematerialise (`remat`): one more forward pass of every encoder block.
+  0 without remat, or for models two_tower_train_flops does not cover."""
+  towers = dict(getattr(model, "towers", {}))
+  if set(towers) != {"image", "text"} or getattr(model, "heads", None):
+    return 0.0
+  image, text = dict(towers["image"]), dict(towers["text"])
+  if image.get("kind") != "vit" or "width" not in text or "depth" not in text:
+    return 0.0
+  flops = 0.0
+  if image.get("remat", False):
+    w = image.get("width", 768)
+    tokens = (image_size // image.get("patch_size", 16)) ** 2
+    tokens += image.get("pool", "gap") == "cls"
+    flops += _transformer_flops(tokens, w, image.get("depth", 12), image.get("mlp_dim"))
+  if text.get("remat", False):
+    flops += _transformer_flops(context_length, text["width"], text["depth"],
+                                text.get("mlp_dim"))
+  return flops * batch_size
+
+
 def matmul_flops_per_sec(n: int = 2048, seconds: float = 1.0, dtype=jnp.float32) -> float:
   """Measured float32 matmul throughput of device 0: the ceiling for `flops_fraction`.
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from mmjax import configs
 from mmjax.data import audio_batches
 from mmjax.data import audio_text
 from mmjax.data import pipeline
@@ -64,13 +65,7 @@ def _config(data_dir, **overrides):
     config.data.clip_seconds = 1.0
     config.data.eval_clip_seconds = 2.0
     config.data.pad_mode = "repeat"
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return configs.override(config, **overrides)
 
 
 def _clip_of(row, stored) -> str:

@@ -30,15 +30,7 @@ def tiny_config(**overrides):
   return override(c, **overrides)
 
 
-def override(config, **changes):
-  """config with each dotted key ("optim.lr") set to its value, as --config.KEY=V does."""
-  for key, value in changes.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+override = configs.override
 
 
 @pytest.fixture

@@ -1,0 +1,136 @@
+"""Searches over how a config is laid out on a slice, by compiling each choice.
+
+`best` varies mesh.data / fsdp / tensor, model.remat and
+optim.grad_accum_steps at the config's global batch and keeps the plan that
+fits with the shortest estimated step; `largest_batch` doubles, then bisects,
+the global batch until the next one no longer fits. Every candidate is a real
+TPU compile (seconds for small models, minutes for ViT-B and up on a CPU), so
+candidates are tried cheapest-to-run first and a mesh stops at its first fit:
+more remat or accumulation only slows a step that already fits.
+"""
+
+from mmjax import configs
+from mmjax.plan import planner, topology
+
+
+def _with(config, **changes):
+  """A copy of `config` with dotted keys changed."""
+  return configs.override(config.copy_and_resolve_references(), **changes)
+
+
+def meshes(chips: int, batch_size: int, max_tensor: int = 8):
+  """(data, fsdp, tensor) over `chips` that split `batch_size` evenly: pure
+  data parallel, full fsdp, and fsdp with tensor parallel of 2..max_tensor."""
+  out = []
+  for tensor in (t for t in (1, 2, 4, 8) if t <= max_tensor and chips % t == 0):
+    rest = chips // tensor
+    for fsdp in sorted({1, rest}):
+      shape = (rest // fsdp, fsdp, tensor)
+      if batch_size % (shape[0] * shape[1]) == 0 and shape not in out:
+        out.append(shape)
+  return out
+
+
+def _score(plan: dict) -> float:
+  return plan["step_seconds"]["serial"]
+
+
+def best(config, slice_: topology.Slice, devices, log=print, max_accum: int = 8) -> dict:
+  """The fastest fitting plan (by the serial step estimate), with every
+  compiled candidate listed under "search"; if none fits, the smallest."""
+  tried, fitting = [], []
+  for shape in meshes(slice_.chips, config.batch_size):
+    choices = [(False, 1)] + [(True, k) for k in (1, 2, 4, 8) if k <= max_accum]
+    for remat, accum in choices:
+      if config.batch_size % (shape[0] * shape[1] * accum):
+        continue
+      c = _with(config, **{"mesh.data": shape[0], "mesh.fsdp": shape[1],
+                           "mesh.tensor": shape[2], "model.remat": remat,
+                           "optim.grad_accum_steps": accum})
+      plan = planner.make(c, slice_, devices, with_eval=False)
+      row = dict(mesh=list(shape), remat=remat, grad_accum_steps=accum, fits=plan["fits"],
+                 bytes_per_chip=plan["bytes_per_chip"], step_seconds=_score(plan))
+      tried.append(row)
+      log(f"mesh {shape} remat {remat} accum {accum}: "
+          f"{plan['bytes_per_chip'] / 2**30:.2f} GiB, "
+          f"{'fits' if plan['fits'] else 'does not fit'}, "
+          f"~{_score(plan) * 1e3:.0f} ms", flush=True)
+      if plan["fits"]:
+        fitting.append(plan)
+        break
+  pool = fitting or []
+  if not pool:
+    log("no candidate fits; the plan below is the smallest", flush=True)
+    smallest = min(tried, key=lambda r: r["bytes_per_chip"])
+    shape = smallest["mesh"]
+    c = _with(config, **{"mesh.data": shape[0], "mesh.fsdp": shape[1],
+                         "mesh.tensor": shape[2], "model.remat": smallest["remat"],
+                         "optim.grad_accum_steps": smallest["grad_accum_steps"]})
+    plan = planner.make(c, slice_, devices)
+  else:
+    winner = min(pool, key=_score)
+    c = _with(config, **{"mesh.data": winner["mesh"]["data"],
+                         "mesh.fsdp": winner["mesh"]["fsdp"],
+                         "mesh.tensor": winner["mesh"]["tensor"],
+                         "model.remat": winner["remat"],
+                         "optim.grad_accum_steps": winner["grad_accum_steps"]})
+    plan = planner.make(c, slice_, devices)
+  plan["search"] = tried
+  return plan
+
+
+def largest_batch(config, slice_: topology.Slice, devices, log=print,
+                  granularity: int | None = None) -> dict:
+  """The plan at the largest global batch (a multiple of the batch axes'
+  size, to `granularity`) that fits with the config's other settings; every
+  compiled batch is listed under "batches"."""
+  plan = planner.make(config, slice_, devices, with_eval=False)
+  mesh = plan["mesh"]
+  unit = mesh["data"] * mesh["fsdp"] * config.optim.grad_accum_steps
+  granularity = granularity or unit
+  results = {}
+
+  def fits(batch: int) -> dict:
+    if batch not in results:
+      results[batch] = planner.make(_with(config, batch_size=batch), slice_, devices,
+                                    with_eval=False)
+      log(f"batch {batch}: {results[batch]['bytes_per_chip'] / 2**30:.2f} GiB, "
+          f"{'fits' if results[batch]['fits'] else 'does not fit'}", flush=True)
+    return results[batch]
+
+  results[config.batch_size] = plan
+  lo, hi = None, None
+  batch = config.batch_size
+  if plan["fits"]:
+    lo = batch
+    while hi is None:
+      batch *= 2
+      if fits(batch)["fits"]:
+        lo = batch
+      else:
+        hi = batch
+  else:
+    hi = batch
+    while lo is None:
+      batch = batch // 2 // unit * unit
+      if batch < unit:
+        break
+      if fits(batch)["fits"]:
+        lo = batch
+      else:
+        hi = batch
+  if lo is not None:
+    while hi - lo > granularity:
+      mid = (lo + hi) // 2 // unit * unit
+      if mid in (lo, hi):
+        break
+      if fits(mid)["fits"]:
+        lo = mid
+      else:
+        hi = mid
+  best_plan = dict(results[lo]) if lo is not None else dict(plan)
+  best_plan["largest_batch"] = lo
+  best_plan["batches"] = {str(b): dict(fits=p["fits"], bytes_per_chip=p["bytes_per_chip"])
+                          for b, p in sorted(results.items())}
+  return best_plan
+

@@ -1,0 +1,189 @@
+"""mmjax.plan's checks before any compile: topology names, libtpu's presence
+and version, the mesh against the slice; and the HLO readers on small texts."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from mmjax import configs
+from mmjax.plan import hlo, planner, topology
+from tests.subprocesses import ROOT
+
+
+def _config(name="shapes_siglip.py", arg=None):
+  path = os.path.join(ROOT, "experiments", name)
+  spec = importlib.util.spec_from_file_location("experiment", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+@pytest.mark.parametrize("name, chips, kind", [
+    ("v5e:4x4", 16, "v5e"), ("v5e-256", 256, "v5e"), ("v5p-128", 64, "v5p"),
+    ("v5p:4x4x8", 128, "v5p"), ("v6e-256", 256, "v6e"), ("h100:8", 8, "h100"),
+    ("h100:2x8", 16, "h100")])
+def test_topology_names_and_slice_names_agree(name, chips, kind):
+  s = topology.parse(name)
+  assert (s.chips, s.chip.name) == (chips, kind)
+
+
+@pytest.mark.parametrize("name", ["v9z:4x4", "4x4", "v5e", "tpu-256", "v5p:4x4"])
+def test_unknown_topology_lists_the_known_forms(name):
+  with pytest.raises(topology.PlanError) as e:
+    topology.parse(name)
+  assert "v5e:4x4" in str(e.value) and "v5p:4x4x4" in str(e.value) and "v6e-256" in str(e.value)
+
+
+def test_v4_is_refused_with_the_reason():
+  with pytest.raises(topology.PlanError, match="two devices per chip"):
+    topology.parse("v4:2x2x1")
+
+
+def test_slice_names_count_v5p_cores():
+  assert topology.parse("v5p:4x4x4").accelerator_type == "v5p-128"
+  assert topology.parse("v5e:16x16").accelerator_type == "v5litepod-256"
+
+
+def test_version_mismatch_names_both_versions_and_the_fix():
+  topology.check_version("0.0.42.1", "==0.0.42.*")
+  with pytest.raises(topology.PlanError) as e:
+    topology.check_version("0.0.41", "==0.0.42.*")
+  message = str(e.value)
+  assert "libtpu 0.0.41" in message and "==0.0.42.*" in message and "pip install" in message
+
+
+def test_jax_pins_the_libtpu_it_was_built_with():
+  assert topology.required_libtpu().startswith("==")
+
+
+def test_missing_libtpu_gives_the_install_command(monkeypatch, tmp_path):
+  monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
+  monkeypatch.setattr(topology, "_importable_libtpu", lambda: None)
+  monkeypatch.setattr(topology, "COMPILER_DIR", str(tmp_path / "none"))
+  with pytest.raises(topology.PlanError) as e:
+    topology.find_libtpu()
+  assert "not installed" in str(e.value) and "pip install" in str(e.value)
+  assert "libtpu==" in str(e.value)
+
+
+def test_a_wrong_library_path_is_named(monkeypatch, tmp_path):
+  monkeypatch.setenv("TPU_LIBRARY_PATH", str(tmp_path / "libtpu.so"))
+  with pytest.raises(topology.PlanError, match="does not exist"):
+    topology.find_libtpu()
+
+
+def test_the_installed_compiler_is_found_at_the_pinned_version():
+  path, version = topology.find_libtpu()
+  assert os.path.isfile(path)
+  with open(os.path.join(ROOT, "requirements", "tpu-compiler.txt")) as f:
+    pin = [l.split("==")[1].strip() for l in f if l.startswith("libtpu==")][0]
+  assert version in (None, pin)
+
+
+def test_mesh_that_does_not_cover_the_slice_says_what_to_change():
+  config = _config()
+  config.mesh.data, config.mesh.fsdp = 8, 1
+  with pytest.raises(topology.PlanError) as e:
+    planner.check(config, topology.parse("v5e:4x4"))
+  assert "16 chips" in str(e.value) and "--config.mesh." in str(e.value)
+
+
+def test_plans_need_no_data():
+  config = _config("pod_siglip.py", "small")
+  assert not os.path.exists(config.data.data_dir)
+  planner.check(config, topology.parse("v5e:4x4"))  # no error: nothing is read
+
+
+def test_a_teacher_is_refused_not_ignored():
+  config = _config("shapes_distill.py", "kl")
+  config.distill.teacher = "runs/siglip"
+  with pytest.raises(configs.ConfigError, match="teacher"):
+    planner.check(config, topology.parse("v5e:4x4"))
+
+
+# --- HLO readers --------------------------------------------------------------
+
+HLO = """HloModule m, is_scheduled=true
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(%a, %b)
+}
+
+%body (p: (s32[], f32[8,128])) -> (s32[], f32[8,128]) {
+  %p = (s32[], f32[8,128]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[8,128]{1,0} get-tuple-element(%p), index=1
+  %w = f32[128,128]{1,0} constant({...})
+  %d = f32[8,128]{1,0} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %cp = (f32[8,128]{1,0}, f32[8,128]{1,0}, u32[], u32[]) collective-permute-start(%d), channel_id=1, source_target_pairs={{0,1},{1,2},{2,3},{3,0}}
+  %cpd = f32[8,128]{1,0} collective-permute-done(%cp)
+  %one = s32[] constant(1)
+  %j = s32[] add(%i, %one)
+  ROOT %t = (s32[], f32[8,128]) tuple(%j, %cpd)
+}
+
+%cond (q: (s32[], f32[8,128])) -> pred[] {
+  %q = (s32[], f32[8,128]) parameter(0)
+  %k = s32[] constant(7)
+  %n = s32[] get-tuple-element(%q), index=0
+  ROOT %lt = pred[] compare(%n, %k), direction=LT
+}
+
+ENTRY %main (x0: f32[8,128]) -> f32[8,128] {
+  %x0 = f32[8,128]{1,0} parameter(0)
+  %zero = s32[] constant(0)
+  %z = s32[] copy(%zero)
+  %init = (s32[], f32[8,128]) tuple(%z, %x0)
+  %loop = (s32[], f32[8,128]) while(%init), condition=%cond, body=%body
+  %out = f32[8,128]{1,0} get-tuple-element(%loop), index=1
+  %ar = (f32[8,128]{1,0}, bf16[64]{0}) all-reduce(%out, %out), channel_id=2, replica_groups=[2,2]<=[2,2]T(1,0), use_global_device_ids=true, to_apply=%add
+  ROOT %r = f32[8,128]{1,0} get-tuple-element(%ar), index=0
+}
+"""
+
+
+def test_loop_trip_count_is_read_from_the_condition():
+  comps = hlo.computations(HLO)
+  runs, known = hlo.executions(comps)
+  assert known and runs["body"] == 7 and runs["main"] == 1
+
+
+def test_collectives_count_loop_runs_tuple_bytes_and_mesh_axes():
+  found, known = hlo.collectives(HLO, (2, 2), ("data", "fsdp"))
+  by_kind = {c.kind: c for c in found}
+  permute = by_kind["collective-permute"]
+  assert (permute.count, permute.bytes) == (7, 7 * 8 * 128 * 4)
+  # Pairs 0->1 (fsdp), 1->2 (both), 2->3 (fsdp), 3->0 (both).
+  assert permute.axes == ("data", "fsdp")
+  reduce = by_kind["all-reduce"]
+  assert (reduce.count, reduce.bytes) == (1, 8 * 128 * 4 + 64 * 2)
+  # iota(4).reshape(2, 2).T -> groups {0, 2}, {1, 3}: partitions differing in "data".
+  assert reduce.axes == ("data",) and reduce.group_size == 2
+
+
+def test_loop_flops_put_back_what_the_body_counted_once_misses():
+  full, once = hlo.loop_flops(HLO)
+  assert once == 2 * 8 * 128 * 128 and full == 7 * once
+
+
+@pytest.mark.parametrize("pad, stride, lhs_dil", [(0, 1, 1), (1, 1, 1), (2, 2, 1), (1, 1, 2)])
+def test_valid_window_pairs_match_a_direct_count(pad, stride, lhs_dil):
+  size, kernel = 9, 3
+  dilated = (size - 1) * lhs_dil + 1
+  out = (dilated + 2 * pad - kernel) // stride + 1
+  direct = 0
+  for o in range(out):
+    for k in range(kernel):
+      pos = o * stride + k - pad
+      direct += 0 <= pos < dilated and pos % lhs_dil == 0
+  assert hlo._valid_pairs(out, size, kernel, stride, pad, lhs_dil, 1) == direct
+
+
+def test_iota_replica_groups_match_numpy():
+  line = "x = f32[4] all-reduce(y), replica_groups=[4,2]<=[2,4]T(1,0), to_apply=%add"
+  expected = np.arange(8).reshape(2, 4).T.reshape(4, 2).tolist()
+  assert hlo._groups(line) == expected

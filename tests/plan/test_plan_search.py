@@ -1,0 +1,74 @@
+"""The search's choices, on a fake planner whose memory and speed follow simple
+rules (each real candidate is a TPU compile of seconds to minutes)."""
+
+import pytest
+
+from mmjax.plan import search, topology
+from tests.plan.test_plan_inputs import _config
+
+SLICE = topology.parse("v5e:4x4")
+LIMIT = 16 * 2 ** 30
+
+
+def fake_make(config, slice_, devices, with_eval=True):
+  """Memory: replicated state (shrinks with fsdp, tensor) + activations per
+  local row (shrink with remat, accumulation); time: slower with remat,
+  accumulation and tensor parallelism."""
+  del devices, with_eval
+  m = config.mesh
+  accum, remat = config.optim.grad_accum_steps, config.model.remat
+  rows = config.batch_size // (m.data * m.fsdp) // accum
+  state = 15 * 2 ** 30 / (m.fsdp * m.tensor)
+  acts = rows * (2 ** 20 if remat else 8 * 2 ** 20) / m.tensor
+  total = state + acts
+  seconds = 1.0 * (1.3 if remat else 1.0) * (1 + 0.05 * accum) * (1 + 0.2 * (m.tensor > 1))
+  return dict(fits=total <= LIMIT, bytes_per_chip=total, step_seconds=dict(serial=seconds),
+              mesh=dict(data=m.data, fsdp=m.fsdp, tensor=m.tensor), remat=remat,
+              grad_accum_steps=accum, batch_size=config.batch_size)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+  calls = []
+
+  def make(config, slice_, devices, with_eval=True):
+    calls.append(config)
+    return fake_make(config, slice_, devices, with_eval)
+
+  monkeypatch.setattr(search.planner, "make", make)
+  return calls
+
+
+def test_meshes_cover_the_chips_and_split_the_batch():
+  for shape in search.meshes(16, 4096):
+    assert shape[0] * shape[1] * shape[2] == 16 and 4096 % (shape[0] * shape[1]) == 0
+  assert (16, 1, 1) in search.meshes(16, 4096) and (1, 16, 1) in search.meshes(16, 4096)
+  assert (1, 8, 2) in search.meshes(16, 4096)
+  assert all(s[0] * s[1] <= 8 for s in search.meshes(16, 8))
+
+
+def test_search_keeps_the_fastest_fitting_plan(fake):
+  config = _config()
+  config.batch_size = 4096
+  plan = search.best(config, SLICE, devices=None, log=lambda *a, **k: None)
+  # Full fsdp fits without remat or accumulation (0.94 GiB of state, 2 GiB of
+  # activations); data parallel needs remat (15 GiB of state + 256 rows).
+  assert plan["fits"] and plan["mesh"] == dict(data=1, fsdp=16, tensor=1)
+  assert not plan["remat"] and plan["grad_accum_steps"] == 1
+  by_mesh = {}
+  for row in plan["search"]:
+    by_mesh.setdefault(tuple(row["mesh"]), []).append(row)
+  for rows in by_mesh.values():  # each mesh stops at its first fit
+    assert sum(r["fits"] for r in rows) <= 1 and (rows[-1]["fits"] or len(rows) == 5)
+  assert by_mesh[(16, 1, 1)][-1]["remat"]
+
+
+def test_largest_batch_is_the_last_that_fits(fake):
+  config = _config()
+  config.batch_size = 1024
+  config.mesh.data, config.mesh.fsdp = 1, 16
+  plan = search.largest_batch(config, SLICE, devices=None, log=lambda *a, **k: None)
+  # 0.94 GiB of state + 8 MiB per local row: up to 1,928 rows, i.e. 30,848.
+  assert plan["largest_batch"] == 30848 and plan["fits"]
+  assert not plan["batches"]["30864"]["fits"]  # the boundary was probed
+  assert all(v["fits"] == (int(b) <= 30848) for b, v in plan["batches"].items())
