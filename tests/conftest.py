@@ -38,7 +38,8 @@ def pytest_unconfigure(config):
 # file collected last would run alone at the end while the other worker idles.
 LONGEST_FIRST = (
     "parallel/test_sharded_training.py", "parallel/test_multiprocess.py",
-    "train/test_distill.py", "train/test_preemption.py", "hub/test_released_runs.py",
+    "plan/test_plan_compile.py", "train/test_distill.py", "train/test_preemption.py",
+    "hub/test_released_runs.py",
     "train/test_matching.py", "train/test_loop.py", "train/test_warm_start.py",
     "train/test_image_text.py", "models/test_towers.py", "data/test_shapes_evaluators.py",
     "train/test_gcs.py", "data/test_shapes_fusion.py", "test_fork_example.py",
