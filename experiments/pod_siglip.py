@@ -8,8 +8,9 @@ The SigLIP paper's towers at a global batch of 32,768: ViT-B/16 + text-B,
 So400m/14 + text-So400m, ViT-L/16 + text-L; 224 px, MAP head, 64 tokens, a
 32k vocabulary, bfloat16, rematerialised blocks, the ring sigmoid loss (the
 "auto" form on a sharded batch). B/16 is data parallel (params replicated,
-as big_vision runs it); the larger two shard params and optimizer state over
-all chips (mesh.fsdp = -1). `small` has the same layout with tiny towers: it
+as big_vision runs it); L/16 shards params and optimizer state over all chips
+(mesh.fsdp = -1), So400m over 64 (its width, 1152, does not split 128 or 256
+ways). `small` has the same layout with tiny towers: it
 compiles in seconds, for tests. The data is a prepared image-text dataset
 (`python -m mmjax.data.prepare`); a plan reads none of it.
 """
@@ -47,7 +48,12 @@ def get_config(arg: str = "b16"):
   config.optim.lr = 1e-3
   config.optim.weight_decay = 1e-4
   config.eval.batch_size = 1024
-  if arg in ("so400m", "l16"):
+  if arg == "l16":
     config.mesh.data = 1
     config.mesh.fsdp = -1
+  elif arg == "so400m":
+    # Width 1152 = 2^7 x 9: over 256 chips of fsdp no parameter splits and every
+    # one is replicated (the plan lists them); 64 divides it on every slice.
+    config.mesh.data = -1
+    config.mesh.fsdp = 64
   return config

@@ -65,6 +65,13 @@ def table(plans) -> str:
     t = p["step_seconds"]
     mesh = ", ".join(str(v) for v in p["mesh"].values())
     model = p.get("model_flops_per_chip")
+    if p.get("compiler_error"):  # no compiled program: no XLA FLOPs, no estimates
+      lines.append(
+          f"| {p['preset']} | {p['slice']} | {mesh} | {p['batch_size']:,} | {p['remat']} | "
+          f"{p['bytes_per_chip'] / GiB:.1f} ({p['hbm_bytes_per_chip'] / GiB:.0f}) | **no** | "
+          f"- / {(model or 0) / 1e12:.1f} | - | - | {len(p['replicated_params'])} | "
+          f"{p['compile_seconds']:.0f} |")
+      continue
     lines.append(
         f"| {p['preset']} | {p['slice']} | {mesh} | {p['batch_size']:,} | {p['remat']} | "
         f"{p['bytes_per_chip'] / GiB:.1f} ({p['hbm_bytes_per_chip'] / GiB:.0f}) | "

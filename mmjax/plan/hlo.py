@@ -38,6 +38,7 @@ class Collective:
   bytes: int          # per chip per step, all executions together
   axes: tuple[str, ...]
   group_size: int     # chips per replica group (2 for a permute's pair)
+  dtypes: set = dataclasses.field(default_factory=set)  # element types moved
 
 
 def shape_bytes(text: str) -> list[int]:
@@ -237,12 +238,13 @@ def collectives(text: str, mesh_shape: tuple[int, ...],
       c = totals.setdefault(key, Collective(kind, 0, 0, axes, group_size))
       c.count += runs[name]
       c.bytes += runs[name] * size
+      c.dtypes |= {dtype for dtype, _ in _SHAPE.findall(type_text) if dtype not in ("u32",)}
   return sorted(totals.values(), key=lambda c: -c.bytes), known
 
 
 def to_json(items: list[Collective]) -> list[dict]:
   return [dict(kind=c.kind, count=c.count, bytes=c.bytes, axes=list(c.axes),
-               group_size=c.group_size) for c in items]
+               group_size=c.group_size, dtypes=sorted(c.dtypes)) for c in items]
 
 
 def largest_buffer(text: str) -> int:

@@ -56,11 +56,11 @@ def table(plan: dict) -> str:
       f"step time (estimates) compute {_seconds(t['compute'])}, HBM {_seconds(t['memory'])}, "
       f"ICI {_seconds(t['communication'])}: {_seconds(t['overlapped'])} overlapped, "
       f"{_seconds(t['serial'])} serial; compiler's own: {_seconds(t['compiler'])}",
-      "collectives per step (kind, mesh axes, count, bytes per chip):",
+      "collectives per step (kind, mesh axes, count, bytes per chip, element types):",
   ]
   for c in plan["collectives"]:
     lines.append(f"  {c['kind']:<19} {','.join(c['axes']) or '-':<12} {c['count']:>6} "
-                 f"{_gib(c['bytes'])}")
+                 f"{_gib(c['bytes'])}  {'/'.join(c.get('dtypes', []))}")
   if not plan.get("loop_trip_counts_known", True):
     lines.append("  (a loop without a known trip count: its collectives counted once)")
   names = plan["replicated_params"]

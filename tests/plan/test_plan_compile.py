@@ -71,7 +71,7 @@ def test_default_collectives_are_the_gradient_all_reduce_and_the_ring(default_pl
   by_kind = {c["kind"]: c for c in plan["collectives"]}
   # One (combined) all-reduce of every float32 gradient over the data axis.
   grads = by_kind["all-reduce"]
-  assert grads["axes"] == ["data"]
+  assert grads["axes"] == ["data"] and grads["dtypes"] == ["f32"]
   assert plan["memory"]["params"] <= grads["bytes"] <= 1.01 * plan["memory"]["params"]
   # The ring sigmoid loss: its hops are permutes between neighbours on "data",
   # at least chips - 1 of them per step.
@@ -101,6 +101,10 @@ def test_ring_at_32k_fits_and_holds_no_batch_by_batch_buffer(ring_32k):
   assert plan["fits"] and plan["batch_size"] == 32768
   ring = [c for c in plan["collectives"] if c["kind"] == "collective-permute"]
   assert ring and ring[0]["axes"] == ["data"] and ring[0]["count"] >= 15
+  # In a bfloat16 step the compiler reduces the weight matrices' gradients in
+  # bfloat16 (before their cast to the float32 params), the norms' in float32.
+  reduced = {d for c in plan["collectives"] if c["kind"] == "all-reduce" for d in c["dtypes"]}
+  assert reduced == {"bf16", "f32"}
   batch, local = 32768, 32768 // 16
   for shape in hlo.array_shapes(text):
     big = [d for d in shape if d >= local]
