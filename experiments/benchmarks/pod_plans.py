@@ -18,13 +18,15 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "experiments", "pod_siglip.py")
-# (preset, slice, extra --config flags): the table, then the plans that must not fit.
+# (preset, slice, extra --config flags): the table, a plan that must not fit,
+# and a second batch size (memory against batch).
 ROWS = [
     ("b16", "v5e-256", ()), ("b16", "v5p-128", ()), ("b16", "v6e-256", ()),
     ("so400m", "v5e-256", ()), ("so400m", "v5p-128", ()), ("so400m", "v6e-256", ()),
     ("l16", "v5e-256", ()), ("l16", "v5p-128", ()), ("l16", "v6e-256", ()),
     ("b16", "h100:8", ()),
     ("l16", "v5e-16", ("--config.batch_size=65536", "--config.model.remat=False")),
+    ("b16", "v5e-256", ("--config.batch_size=131072",)),
 ]
 GiB = 2 ** 30
 

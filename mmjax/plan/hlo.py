@@ -154,7 +154,41 @@ def executions(comps: dict[str, list[str]], loops: bool = True) -> tuple[dict[st
   return runs, known
 
 
+_MESH_GROUPS = re.compile(
+    r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\(\[([\d,]+)\](?:T\(([\d,]+)\))?\))?"
+    r"\s*\{([^}]*)\}")
+
+
+def _iota(dims: list[int], perm: list[int] | None) -> np.ndarray:
+  ids = np.arange(int(np.prod(dims))).reshape(dims)
+  return ids.transpose(perm) if perm else ids
+
+
+def _mesh_groups(m) -> list[list[int]]:
+  """Groups of the `mesh['axis_0'=A,...], device_ids=([dims]T(perm)) {'axis_i'}`
+  form: device ids laid out on the compiler's own mesh, grouped along the
+  listed axes."""
+  names, sizes = [], []
+  for part in m.group(1).split(","):
+    name, size = part.split("=")
+    names.append(name.strip().strip("'"))
+    sizes.append(int(size))
+  if m.group(2):
+    ids = _iota([int(d) for d in m.group(2).split(",")],
+                [int(p) for p in m.group(3).split(",")] if m.group(3) else None)
+  else:
+    ids = np.arange(int(np.prod(sizes)))
+  ids = ids.reshape(sizes)
+  grouped = [names.index(a.strip().strip("'")) for a in m.group(4).split(",") if a.strip()]
+  rest = [a for a in range(len(sizes)) if a not in grouped]
+  size = int(np.prod([sizes[a] for a in grouped])) if grouped else 1
+  return ids.transpose(rest + grouped).reshape(-1, size).tolist()
+
+
 def _groups(line: str) -> list[list[int]]:
+  mesh_form = _MESH_GROUPS.search(line)
+  if mesh_form is not None:
+    return _mesh_groups(mesh_form)
   m = _GROUPS.search(line)
   if m is None:
     return []

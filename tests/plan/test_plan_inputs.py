@@ -187,3 +187,16 @@ def test_iota_replica_groups_match_numpy():
   line = "x = f32[4] all-reduce(y), replica_groups=[4,2]<=[2,4]T(1,0), to_apply=%add"
   expected = np.arange(8).reshape(2, 4).T.reshape(4, 2).tolist()
   assert hlo._groups(line) == expected
+
+
+def test_mesh_form_replica_groups_follow_the_device_ids():
+  # The TPU compiler's own form: its mesh [fsdp 2, tensor 1, data 8] holds the
+  # partition ids iota(16).reshape(8, 2).T, i.e. our (data 8, fsdp 2) in row-major
+  # order; grouping along axis_0 is grouping along our fsdp, axis_2 along data.
+  gather = ("x = f32[4] all-gather(y), replica_groups=mesh['axis_0'=2,'axis_1'=1,'axis_2'=8], "
+            "device_ids=([8,2]T(1,0)) {'axis_0'}, dimensions={0}")
+  reduce = gather.replace("{'axis_0'}", "{'axis_2'}")
+  assert hlo._groups(gather) == [[2 * d, 2 * d + 1] for d in range(8)]
+  assert hlo.axes_of(hlo._groups(gather), (8, 2, 1), ("data", "fsdp", "tensor")) == ("fsdp",)
+  assert hlo.axes_of(hlo._groups(reduce), (8, 2, 1), ("data", "fsdp", "tensor")) == ("data",)
+  assert sorted(len(g) for g in hlo._groups(reduce)) == [8, 8]
