@@ -338,7 +338,7 @@ def _valid_pairs(out: int, size: int, kernel: int, stride: int, pad: int, lhs_di
 
 
 def conv_flops(line: str, types: dict[str, str]) -> float:
-  """2 x multiply-adds of one `convolution` or `dot` instruction line; types:
+  """2 x multiply-adds of one `convolution`, `dot` or cuBLAS gemm line; types:
   {instruction name: its type text} of the computation it is in."""
   m = _INSTR.match(line)
   if not m:
@@ -351,6 +351,12 @@ def conv_flops(line: str, types: dict[str, str]) -> float:
   if op == "dot":
     c = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
     k = np.prod([lhs[int(i)] for i in c.group(1).split(",") if i]) if c else 1
+    return 2.0 * float(np.prod(out_dims)) * float(k)
+  if op == "custom-call":  # a cuBLAS gemm: (result, workspace), contracting dims in JSON
+    c = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', line)
+    if '__cublas$' not in line or c is None:
+      return 0.0
+    k = np.prod([lhs[int(i.strip('"'))] for i in c.group(1).split(",") if i.strip('"')])
     return 2.0 * float(np.prod(out_dims)) * float(k)
   labels = _LABELS.search(line)
   if labels is None:
@@ -385,7 +391,7 @@ def matmul_flops(comps: dict[str, list[str]]) -> dict[str, float]:
         types[m.group(1)] = m.group(2)
     total = 0.0
     for line in lines:
-      if " convolution(" in line or " dot(" in line:
+      if " convolution(" in line or " dot(" in line or "__cublas$" in line:
         total += conv_flops(line, types)
     out[name] = total
   return out
