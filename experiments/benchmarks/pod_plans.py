@@ -58,8 +58,12 @@ def run(rows, out) -> list[dict]:
   return plans
 
 
+def _steps(plan) -> str:
+  return f"{'yes' if plan['remat'] else 'no'}, {plan['grad_accum_steps']}"
+
+
 def table(plans) -> str:
-  lines = ["| preset | slice | mesh (data, fsdp, tensor) | batch | remat | GiB per chip (of HBM) "
+  lines = ["| preset | slice | mesh (data, fsdp, tensor) | batch | remat, accum | GiB per chip (of HBM) "
            "| fits | TFLOP per chip: XLA / model | compute / HBM / ICI ms | step estimate ms "
            "| replicated matrices | compile s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -69,16 +73,17 @@ def table(plans) -> str:
     model = p.get("model_flops_per_chip")
     if p.get("compiler_error"):  # no compiled program: no XLA FLOPs, no estimates
       lines.append(
-          f"| {p['preset']} | {p['slice']} | {mesh} | {p['batch_size']:,} | {p['remat']} | "
-          f"{p['bytes_per_chip'] / GiB:.1f} ({p['hbm_bytes_per_chip'] / GiB:.0f}) | **no** | "
+          f"| {p['preset']} | {p['slice']} | {mesh} | {p['batch_size']:,} | "
+          f"{_steps(p)} | {p['bytes_per_chip'] / GiB:.1f} ({p['hbm_bytes_per_chip'] / GiB:.0f}) | **no** | "
           f"- / {(model or 0) / 1e12:.1f} | - | - | {len(p['replicated_params'])} | "
           f"{p['compile_seconds']:.0f} |")
       continue
+    hbm = "-" if p.get("bytes_accessed_per_chip") is None else f"{t['memory'] * 1e3:.0f}"
     lines.append(
-        f"| {p['preset']} | {p['slice']} | {mesh} | {p['batch_size']:,} | {p['remat']} | "
+        f"| {p['preset']} | {p['slice']} | {mesh} | {p['batch_size']:,} | {_steps(p)} | "
         f"{p['bytes_per_chip'] / GiB:.1f} ({p['hbm_bytes_per_chip'] / GiB:.0f}) | "
         f"{'yes' if p['fits'] else '**no**'} | {p['flops_per_chip'] / 1e12:.1f} / "
-        f"{(model or 0) / 1e12:.1f} | {t['compute'] * 1e3:.0f} / {t['memory'] * 1e3:.0f} / "
+        f"{(model or 0) / 1e12:.1f} | {t['compute'] * 1e3:.0f} / {hbm} / "
         f"{t['communication'] * 1e3:.0f} | {t['overlapped'] * 1e3:.0f}-{t['serial'] * 1e3:.0f} | "
         f"{len(p['replicated_params'])} | {p['compile_seconds']:.0f} |")
   return "\n".join(lines)
