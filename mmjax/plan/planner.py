@@ -1,6 +1,6 @@
-"""Compiles an experiment's train and evaluation steps for a TPU slice, ahead of
-time, and reads what the compiler decided: memory per chip, FLOPs,
-collectives, replicated parameters, and a step-time estimate.
+"""Compiles an experiment's train and evaluation steps for a TPU slice or a GPU
+node, ahead of time, and reads what the compiler decided: memory per chip,
+FLOPs, collectives, replicated parameters, and a step-time estimate.
 
 Everything is the experiment's own: build.mesh / model / loss_fn /
 state_shardings / train_step, the same functions `python -m mmjax.train`
@@ -38,9 +38,8 @@ def replicated_params(abstract_params) -> tuple[list[str], int, int]:
   parameter, count of replicated vectors) on a mesh of several chips.
 
   Vectors (biases, norm scales, whatever their rank) are replicated by design
-  and only counted;
-  a replicated matrix or embedding is what grows into an out-of-memory error
-  at pod scale, so each is named.
+  and only counted; a replicated matrix or embedding is what grows into an
+  out-of-memory error at pod scale, so each is named.
   """
   names, nbytes, vectors = [], 0, 0
   for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
@@ -112,7 +111,7 @@ def step_time(flops: float, bytes_accessed: float | None, comms: list[hlo.Collec
   collective at the chip's ICI (NVLink) bandwidth.
   `overlapped` assumes communication hides under compute (the lower bound),
   `serial` that none does. `compiler`: XLA's own optimal_seconds when
-  positive (it is not for whole training steps), else None.
+  positive (for whole training steps it mostly is not), else None.
   """
   compute = flops / chip.peak_flops
   memory = (bytes_accessed or 0.0) / chip.hbm_bytes_per_s
