@@ -19,7 +19,7 @@ import numpy as np
 from mmjax import configs
 from mmjax.data import pipeline
 from mmjax.parallel import partitioning
-from mmjax.plan import hlo, topology
+from mmjax.plan import hlo, hlo_flops, topology
 from mmjax.train import build, perf
 from mmjax.train import state as state_lib
 
@@ -286,7 +286,7 @@ def analyse(config, slice_: topology.Slice, compiled, mesh, model, abstract,
   memory, cost = _memory(compiled), _cost(compiled)
   text = compiled.as_text()
   comms, trips_known = hlo.collectives(text, tuple(mesh.devices.shape), tuple(mesh.axis_names))
-  full, once = hlo.loop_flops(text)
+  full, once = hlo_flops.loop_flops(text)
   if cost["flops"] > 0:
     # XLA counts each loop body once; put back the matmuls of the other runs.
     flops = cost["flops"] + (full - once)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmjax import configs
-from mmjax.plan import hlo, planner, topology
+from mmjax.plan import hlo, hlo_flops, planner, topology
 from tests.subprocesses import ROOT
 
 
@@ -166,7 +166,7 @@ def test_collectives_count_loop_runs_tuple_bytes_and_mesh_axes():
 
 
 def test_loop_flops_put_back_what_the_body_counted_once_misses():
-  full, once = hlo.loop_flops(HLO)
+  full, once = hlo_flops.loop_flops(HLO)
   assert once == 2 * 8 * 128 * 128 and full == 7 * once
 
 
@@ -180,7 +180,7 @@ def test_valid_window_pairs_match_a_direct_count(pad, stride, lhs_dil):
     for k in range(kernel):
       pos = o * stride + k - pad
       direct += 0 <= pos < dilated and pos % lhs_dil == 0
-  assert hlo._valid_pairs(out, size, kernel, stride, pad, lhs_dil, 1) == direct
+  assert hlo_flops._valid_pairs(out, size, kernel, stride, pad, lhs_dil, 1) == direct
 
 
 def test_iota_replica_groups_match_numpy():
