@@ -20,6 +20,9 @@ _WORKDIR = flags.DEFINE_string("workdir", ".", "Where plan.json is written.")
 _SEARCH = flags.DEFINE_boolean("search", False, "Search mesh / remat / grad_accum_steps.")
 _MAX_BATCH = flags.DEFINE_boolean("max_batch", False,
                                   "Find the largest global batch that fits.")
+_TOLERANCE = flags.DEFINE_float(
+    "max_batch_tolerance", 1 / 16,
+    "--max_batch stops once the largest fitting batch is known to this fraction.")
 _EVAL = flags.DEFINE_boolean("eval", True, "Also compile the evaluation encoders.")
 flags.mark_flag_as_required("topology")
 
@@ -34,7 +37,8 @@ def main(argv):
     if _SEARCH.value:
       plan = search.best(config, slice_, devices, log=print)
     elif _MAX_BATCH.value:
-      plan = search.largest_batch(config, slice_, devices, log=print)
+      plan = search.largest_batch(config, slice_, devices, log=print,
+                                  tolerance=_TOLERANCE.value)
     else:
       plan = planner.make(config, slice_, devices, with_eval=_EVAL.value)
     print(report.table(plan), flush=True)

@@ -68,6 +68,10 @@ def table(plan: dict) -> str:
                f"{': ' + ', '.join(names[:6]) + (' ...' if len(names) > 6 else '') if names else ''}"
                f"; {plan['replicated_vectors']} vectors; {_gib(plan['replicated_bytes'])} "
                "in all")
+  if "largest_batch" in plan:
+    tried = ", ".join(f"{b} {'fits' if v['fits'] else 'no'}" for b, v in plan["batches"].items())
+    lines.append(f"largest global batch that fits: {plan['largest_batch']} (not "
+                 f"{plan['largest_batch_below']}); compiled: {tried}")
   return "\n".join(lines)
 
 

@@ -80,10 +80,17 @@ def best(config, slice_: topology.Slice, devices, log=print, max_accum: int = 8)
 
 
 def largest_batch(config, slice_: topology.Slice, devices, log=print,
-                  granularity: int | None = None) -> dict:
+                  granularity: int | None = None, tolerance: float = 0.0) -> dict:
   """The plan at the largest global batch (a multiple of the batch axes'
   size, to `granularity`) that fits with the config's other settings; every
-  compiled batch is listed under "batches"."""
+  compiled batch is listed under "batches".
+
+  tolerance: stop bisecting once the bracket [fits, does not fit] is within
+  this fraction of the batch that fits (each probe of a large model is a
+  compile of minutes; 1/16 costs about 4 probes after the doubling).
+  "largest_batch" is then the bracket's lower end and "largest_batch_below"
+  its upper end, the smallest batch seen not to fit.
+  """
   plan = planner.make(config, slice_, devices, with_eval=False)
   mesh = plan["mesh"]
   unit = mesh["data"] * mesh["fsdp"] * config.optim.grad_accum_steps
@@ -120,7 +127,7 @@ def largest_batch(config, slice_: topology.Slice, devices, log=print,
       else:
         hi = batch
   if lo is not None:
-    while hi - lo > granularity:
+    while hi - lo > max(granularity, tolerance * lo):
       mid = (lo + hi) // 2 // unit * unit
       if mid in (lo, hi):
         break
@@ -130,6 +137,7 @@ def largest_batch(config, slice_: topology.Slice, devices, log=print,
         hi = mid
   best_plan = dict(results[lo]) if lo is not None else dict(plan)
   best_plan["largest_batch"] = lo
+  best_plan["largest_batch_below"] = hi
   best_plan["batches"] = {str(b): dict(fits=p["fits"], bytes_per_chip=p["bytes_per_chip"])
                           for b, p in sorted(results.items())}
   return best_plan

@@ -72,3 +72,19 @@ def test_largest_batch_is_the_last_that_fits(fake):
   assert plan["largest_batch"] == 30848 and plan["fits"]
   assert not plan["batches"]["30864"]["fits"]  # the boundary was probed
   assert all(v["fits"] == (int(b) <= 30848) for b, v in plan["batches"].items())
+
+
+def test_largest_batch_to_a_tolerance_brackets_the_boundary(fake):
+  config = _config()
+  config.batch_size = 1024
+  config.mesh.data, config.mesh.fsdp = 1, 16
+  exact = len(fake)
+  search.largest_batch(config, SLICE, devices=None, log=lambda *a, **k: None)
+  exact = len(fake) - exact
+  before = len(fake)
+  plan = search.largest_batch(config, SLICE, devices=None, log=lambda *a, **k: None,
+                              tolerance=1 / 16)
+  lo, hi = plan["largest_batch"], plan["largest_batch_below"]
+  # The true boundary, 30,848, lies in [lo, hi), which is 1/16 of lo or less.
+  assert lo <= 30848 < hi and hi - lo <= lo / 16 and plan["fits"]
+  assert not plan["batches"][str(hi)]["fits"] and len(fake) - before < exact
