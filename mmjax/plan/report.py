@@ -70,8 +70,9 @@ def table(plan: dict) -> str:
                "in all")
   if "largest_batch" in plan:
     tried = ", ".join(f"{b} {'fits' if v['fits'] else 'no'}" for b, v in plan["batches"].items())
-    lines.append(f"largest global batch that fits: {plan['largest_batch']} (not "
-                 f"{plan['largest_batch_below']}); compiled: {tried}")
+    found = (f"{plan['largest_batch']} (not {plan['largest_batch_below']})"
+             if plan["largest_batch"] else "none; lower the model or raise the chips")
+    lines.append(f"largest global batch that fits: {found}; compiled: {tried}")
   return "\n".join(lines)
 
 
