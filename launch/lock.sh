@@ -10,7 +10,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 LOCK="$ROOT/requirements/lock.txt"
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/mmjax-lock.XXXXXX")"
+# A fresh directory under $TMPDIR (or /tmp), removed on exit.
+TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 echo "Resolving mmjax[test] in a fresh virtual environment in $TMP" >&2
