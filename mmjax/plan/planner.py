@@ -321,6 +321,10 @@ def analyse(config, slice_: topology.Slice, compiled, mesh, model, abstract,
                   batch=_shard_bytes(batch), largest_buffer=largest),
       flops_per_chip=flops, xla_flops_per_chip=cost["flops"] or None, flops_source=source,
       loop_flops_added_per_chip=(full - once) if cost["flops"] > 0 else 0.0,
+      # What the analytic count is comparable with: both count matmuls only.
+      # The rest of XLA's count is elementwise work (norms, activations,
+      # softmax, the optimizer), a larger share the narrower the model.
+      matmul_flops_per_chip=full,
       analytic_flops_per_chip=per_chip(hw_flops),
       model_flops_per_chip=per_chip(model_flops),
       bytes_accessed_per_chip=bytes_accessed,

@@ -16,6 +16,11 @@ def _seconds(s) -> str:
   return f"{s * 1e3:.1f} ms" if s < 10 else f"{s:.1f} s"
 
 
+def _tera(flops: float) -> str:
+  """FLOPs in T, with three significant digits also for small models."""
+  return f"{flops / 1e12:.3g} T"
+
+
 def table(plan: dict) -> str:
   """A readable summary of one plan."""
   m, t = plan["memory"], plan["step_seconds"]
@@ -45,14 +50,17 @@ def table(plan: dict) -> str:
   if plan.get("compiler_error"):
     counted = "no compiled program to count"
   elif analytic and plan["remat"]:
-    counted = (f"{model / 1e12:.2f} T model FLOPs (x{flops / model:.3f}), at most "
-               f"{analytic / 1e12:.2f} T with the whole forward recomputed")
+    counted = (f"{_tera(model)} model FLOPs (x{flops / model:.3f}), at most "
+               f"{_tera(analytic)} with the whole forward recomputed")
   elif analytic:
-    counted = f"{analytic / 1e12:.2f} T analytic (XLA / analytic {flops / analytic:.3f})"
+    matmuls = plan.get("matmul_flops_per_chip") or flops
+    counted = (f"{_tera(analytic)} analytic; the program's matmuls / analytic "
+               f"{matmuls / analytic:.3f}, the rest of XLA's count (elementwise) "
+               f"{(flops - matmuls) / matmuls:+.1%}")
   else:
     counted = "no analytic count for this model"
   lines += [
-      f"FLOPs per chip    {flops / 1e12:.3f} T from {plan['flops_source']}; {counted}",
+      f"FLOPs per chip    {_tera(flops)} from {plan['flops_source']}; {counted}",
       f"step time (estimates) compute {_seconds(t['compute'])}, HBM {_seconds(t['memory'])}, "
       f"ICI {_seconds(t['communication'])}: {_seconds(t['overlapped'])} overlapped, "
       f"{_seconds(t['serial'])} serial; compiler's own: {_seconds(t['compiler'])}",

@@ -63,7 +63,13 @@ def test_default_fits_and_its_memory_adds_up(default_plan):
 def test_default_flops_agree_with_the_analytic_count(default_plan):
   plan, _ = default_plan
   assert not plan["remat"]
-  assert plan["flops_per_chip"] == pytest.approx(plan["analytic_flops_per_chip"], rel=0.05)
+  # Both count matmuls: the optimised program's dots and convolutions against
+  # the transformer formula (they differ by 0.6% at width 128).
+  assert plan["matmul_flops_per_chip"] == pytest.approx(plan["analytic_flops_per_chip"],
+                                                        rel=0.02)
+  # XLA's whole count adds the elementwise work: a few percent more, never less.
+  elementwise = plan["flops_per_chip"] - plan["matmul_flops_per_chip"]
+  assert 0 < elementwise < 0.1 * plan["matmul_flops_per_chip"]
 
 
 def test_default_collectives_are_the_gradient_all_reduce_and_the_ring(default_plan):
