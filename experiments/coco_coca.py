@@ -20,24 +20,12 @@ as the COCO server does (both need Java); beam search of 3 with GNMT length
 penalty 0.6 and at most 30 tokens, and no fewer than 5.
 """
 
-import importlib.util
-import os
-
+from mmjax import experiment_files
 from mmjax.losses import captioning
 
 
-def _sibling(name: str):
-  """Another experiment file of this folder, as a module (configs are files,
-  not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config():
-  config = _sibling("coco_siglip").get_config()
+  config = experiment_files.config("coco_siglip")
   config.model.heads.caption = dict(kind="caption_decoder", width=768, depth=6,
                                     num_heads=12, num_queries=256, source="image")
   config.loss.terms.caption = captioning.term("caption", weight=2.0)

@@ -12,12 +12,13 @@ Transfer with Locked-image text Tuning"; with the sigmoid loss, as SigLiT):
 init.checkpoint is required: the run stops before its first step, naming the
 key, if it is not given (--config.init.checkpoint='' trains from scratch with
 the image tower frozen at its random init, a useful floor to compare against).
-The model config must be the image tower of the source run: shapes_siglip's.
+The model is shapes_siglip's (read from that file), so the image tower is
+the source run's as long as both are run from the same code.
 """
 
 import ml_collections
 
-from mmjax import configs
+from mmjax import experiment_files
 
 # The image tower and its projection into the shared space; the text tower,
 # its projection, the temperature and the bias start fresh and train.
@@ -25,14 +26,10 @@ IMAGE = ("image_tower/.*", "image_proj/.*")
 
 
 def get_config():
-  config = configs.base()
-  config.loss.name = "sigmoid_contrastive"
-  config.model.temperature_init = 10.0
-  config.model.bias_init = -10.0
+  # shapes_siglip's model, loss, optimizer and zero-shot evaluation.
+  config = experiment_files.config("shapes_siglip")
   # A placeholder rather than "": a value must be given on the command line.
   config.init.checkpoint = ml_collections.config_dict.placeholder(str)
   config.init.include = IMAGE
   config.optim.freeze = IMAGE
-  # Zero-shot shape / colour / relation at the end (and in mmjax.evaluate).
-  config.eval.evaluators.zeroshot.every = -1
   return config

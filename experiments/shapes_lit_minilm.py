@@ -49,7 +49,8 @@ run's budget), seed 0, one run each; R@1 on the 1,000 x 5 test split and on
 the same images with held-out phrasings (eval.json of each run):
 
   run                               standard i2t / t2i   held-out i2t / t2i
-  from scratch  (shapes_siglip)       0.757 / 0.756        0.717 / 0.686
+  from scratch  (width-256 default)   0.757 / 0.756        0.717 / 0.686
+  from scratch  (today's, width 128)  0.799 / 0.787        0.765 / 0.720
   distilled     (shapes_distill:kl)   0.649 / 0.638        0.606 / 0.522
   LiT-MiniLM    locked (default)      0.615 / 0.675        0.602 / 0.645
   LiT-MiniLM    train_proj            0.548 / 0.576        0.547 / 0.548

@@ -12,9 +12,9 @@ directory each time):
   total     time until the checkpoint is committed on disk
   restore   `restore_latest` into the same shardings, arrays ready
 
-Models: `default` is the shapes experiment's model; `vit_b16` is ViT-B/16
-(224 px, MAP head) + text-B (64 tokens, 32k vocabulary, width 768), the
-towers of experiments/coco_siglip.py, in float32. The last line is JSON.
+Models: `default` is the default experiment's model (experiments/shapes_siglip.py);
+`vit_b16` is ViT-B/16 (224 px, MAP head) + text-B (64 tokens, 32k vocabulary,
+width 768), the towers of experiments/coco_siglip.py, in float32. The last line is JSON.
 """
 
 import argparse
@@ -27,7 +27,7 @@ import time
 import jax
 import numpy as np
 
-from mmjax import configs
+from mmjax import configs, experiment_files
 from mmjax.data.tokenizer import Tokenizer
 from mmjax.train import build, checkpoint, faults
 from mmjax.train import state as state_lib
@@ -45,7 +45,7 @@ class _Vocab(Tokenizer):
 
 def model_config(name):
   if name == "default":
-    return configs.base(), 256
+    return experiment_files.config("shapes_siglip"), 256
   config = configs.base()
   config.data.image_size = 224
   config.data.context_length = 64

@@ -12,12 +12,12 @@ runs drift anyway), and prints the final loss and retrieval of each. An existing
 """
 
 import argparse
-import importlib.util
 import json
 import os
 
 import numpy as np
 
+from mmjax import experiment_files
 from mmjax.train import loop, metrics
 
 
@@ -25,11 +25,7 @@ RUNS = (("float32", 0), ("bfloat16", 0), ("float32", 1))
 
 
 def _config(steps: int, dtype: str, seed: int):
-  spec = importlib.util.spec_from_file_location(
-      "shapes_siglip", os.path.join(os.path.dirname(__file__), os.pardir, "shapes_siglip.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = experiment_files.config("shapes_siglip")
   config.total_steps = steps
   config.dtype = dtype
   config.seed = seed

@@ -79,6 +79,17 @@ def test_experiment_files_are_valid():
         build.check(config)
 
 
+def test_an_experiment_built_on_another_follows_its_changes():
+  """shapes_lit must keep shapes_siglip's image tower (its checkpoint is the
+  source); it reads that file rather than repeating its model."""
+  from mmjax import experiment_files
+  siglip, lit = experiment_files.config("shapes_siglip"), experiment_files.config("shapes_lit")
+  assert lit.model.towers.image.to_dict() == siglip.model.towers.image.to_dict()
+  assert lit.optim.lr == siglip.optim.lr and lit.optim.freeze == ("image_tower/.*", "image_proj/.*")
+  with pytest.raises(FileNotFoundError, match="shapes_siglip"):
+    experiment_files.config("shapes_sigilp")
+
+
 def test_evaluation_may_choose_another_dataset_but_not_another_model():
   """mmjax.evaluate scores a checkpoint on any prepared dataset (a released
   model on COCO), but refuses a change to what the model computes."""
