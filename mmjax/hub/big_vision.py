@@ -354,6 +354,9 @@ def to_arrays(imported: Imported, *, scan: bool, prefix: bool = True) -> dict[st
   if imported.family not in ("siglip", "siglip2") or image.get("kind") != "vit":
     raise ValueError(f"write takes a SigLIP model (families.siglip); this one is "
                      f"{imported.family!r}.")
+  if image["pool"] not in ("gap", "cls", "map"):
+    raise ValueError(f"big_vision's ViT pools by 'gap', 'tok' or 'map'; this model's "
+                     f"pool={image['pool']!r} has no big_vision layout.")
   if image["pool"] == "cls" and image.get("cls_position"):
     raise ValueError("big_vision's class token has no position embedding of its own; this "
                      "model (cls_position=True) has one, which the .npz layout cannot hold.")

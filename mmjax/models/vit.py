@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from mmjax.models import layers
 from mmjax.models.layers import logical
 
-POOLS = ("gap", "cls", "map")
+POOLS = ("gap", "cls", "map", "flatten")
 STEMS = ("patch", "conv")
 
 
@@ -48,8 +48,11 @@ class ViT(nn.Module):
   Attributes:
     patch_size: side of the square patches; must divide the image side.
     width, depth, num_heads, mlp_dim: transformer size (mlp_dim defaults to 4x width).
-    pool: "gap" (mean of patch tokens), "cls" (a learned class token) or "map"
-      (multihead attention pooling, as in SigLIP).
+    pool: "gap" (mean of patch tokens), "cls" (a learned class token), "map"
+      (multihead attention pooling, as in SigLIP) or "flatten" (the P patch
+      tokens concatenated, [B, P * width], so the projection after the tower
+      reads which token holds what: for small token grids whose captions
+      name positions; a mean or one query has to learn to keep them).
     stem: "patch" (non-overlapping patches, one linear map) or "conv" (ConvStem).
     ln_pre: a LayerNorm on the token sequence before the first block, as in
       CLIP's ViT (and open_clip's), so its checkpoints' layout can be matched.
@@ -63,7 +66,8 @@ class ViT(nn.Module):
     dtype: compute dtype; parameters stay float32.
     remat: recompute block activations in the backward pass.
 
-  images: [B, H, W, C] float -> [B, width] float; with return_sequence=True,
+  images: [B, H, W, C] float -> [B, width] float ([B, P * width] with
+  pool="flatten"); with return_sequence=True,
   (that, [B, P, width] float): the P patch tokens before pooling (the class
   token left out), for heads that attend over patches.
   """
@@ -120,6 +124,8 @@ class ViT(nn.Module):
       pooled = x.mean(axis=1)
     elif self.pool == "cls":
       pooled, x = x[:, 0], x[:, 1:]
+    elif self.pool == "flatten":
+      pooled = x.reshape(b, -1)
     else:
       pooled = layers.MAPHead(self.num_heads, mlp_dim, dtype=self.dtype, act=self.act,
                               ln_eps=self.ln_eps, name="map_head")(x)

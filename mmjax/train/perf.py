@@ -93,6 +93,14 @@ def _vit_flops(cfg: dict, image_size: int, channels: int = 3) -> float:
   return flops
 
 
+def _vit_pooled_width(cfg: dict, image_size: int) -> int:
+  """Features a ViT hands its projection: width, or every token's with pool="flatten"."""
+  w = cfg.get("width", 768)
+  if cfg.get("pool", "gap") == "flatten":
+    return (image_size // cfg.get("patch_size", 16)) ** 2 * w
+  return w
+
+
 def two_tower_train_flops(model, image_size: int, context_length: int,
                           batch_size: int) -> float | None:
   """Analytic FLOPs of one training step of a ViT + transformer image-text model.
@@ -101,7 +109,8 @@ def two_tower_train_flops(model, image_size: int, context_length: int,
   similarity), forward x 3: the backward pass computes two products per
   forward product (input and weight gradients). Elementwise work (norms,
   activations, softmax, the optimizer) is left out; XLA's cost analysis counts
-  it, which is why the two differ by a few percent. Assumes every tower trains.
+  it, which is why the two differ by a few percent (mmjax.plan compares this
+count with the compiled program's matmuls). Assumes every tower trains.
   None for image towers other than a ViT, or a text tower whose size the
   model description does not give.
   """
@@ -114,7 +123,8 @@ def two_tower_train_flops(model, image_size: int, context_length: int,
   per_example = (_vit_flops(image, image_size)
                  + _transformer_flops(context_length, text["width"], text["depth"],
                                       text.get("mlp_dim"))
-                 + 2.0 * (image.get("width", 768) + text["width"]) * model.embed_dim
+                 + 2.0 * (_vit_pooled_width(image, image_size) + text["width"])
+                 * model.embed_dim
                  + 2.0 * batch_size * model.embed_dim)  # this example's row of logits
   return 3.0 * per_example * batch_size
 

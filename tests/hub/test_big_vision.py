@@ -187,6 +187,12 @@ def test_gap_and_class_token_pools_are_detected(imported, tmp_path, pool):
   assert_same_params(again.params, imp.params)
 
 
+def test_a_flattened_pool_is_refused_not_written_as_a_mean(imported):
+  imp = _with_pool(imported["per_layer"], "flatten", np.random.default_rng(0))
+  with pytest.raises(ValueError, match="pool='flatten' has no big_vision layout"):
+    big_vision.to_arrays(imp, scan=True)
+
+
 def test_old_class_token_position_is_folded_into_the_token(imported):
   imp = _with_pool(imported["per_layer"], "cls", np.random.default_rng(1))
   tensors = big_vision.to_arrays(imp, scan=False, prefix=False)

@@ -28,6 +28,18 @@ def test_vit_pools_give_one_vector_per_image(pool):
   np.testing.assert_allclose(model.apply(params, x[1:2])[0], out[1], rtol=1e-5, atol=1e-5)
 
 
+def test_vit_flatten_pool_keeps_every_token_in_place():
+  model = vit.ViT(patch_size=4, width=16, depth=1, num_heads=2, pool="flatten")
+  x = jax.random.normal(jax.random.key(1), (3, 8, 12, 3))
+  params, _ = _init(model, x)
+  pooled, tokens = model.apply(params, x, return_sequence=True)
+  assert pooled.shape == (3, 6 * 16) and tokens.shape == (3, 6, 16)
+  # Token-major: the features of token t are pooled[:, 16 t : 16 (t + 1)], so
+  # the projection after the tower knows where each patch was.
+  np.testing.assert_array_equal(pooled.reshape(3, 6, 16), tokens)
+  np.testing.assert_allclose(model.apply(params, x[1:2])[0], pooled[1], rtol=1e-5, atol=1e-5)
+
+
 def test_vit_patch_embedding_equals_strided_convolution():
   model = vit.ViT(patch_size=4, width=8, depth=0, num_heads=2, pool="gap")
   x = jax.random.normal(jax.random.key(2), (2, 8, 12, 3))
