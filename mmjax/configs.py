@@ -127,12 +127,13 @@ def base() -> ml_collections.ConfigDict:
   c.eval.evaluators = ml_collections.ConfigDict({
       "retrieval": ml_collections.ConfigDict(dict(kind="retrieval", every=0,
                                                   pair=("image", "text"))),
-      # shapes only: zero-shot prompts, image-text matching heads, and
-      # retrieval on captions in phrasings training never uses.
+      # shapes only: zero-shot prompts, image-text matching heads, retrieval
+      # on captions in phrasings training never uses, retrieval errors by kind.
       "zeroshot": ml_collections.ConfigDict(dict(kind="zeroshot", every=off())),
       "itm": ml_collections.ConfigDict(dict(kind="itm", every=off())),
       "fusion": ml_collections.ConfigDict(dict(kind="fusion", every=off())),
-      "heldout": ml_collections.ConfigDict(dict(kind="heldout", every=off()))})
+      "heldout": ml_collections.ConfigDict(dict(kind="heldout", every=off())),
+      "errors": ml_collections.ConfigDict(dict(kind="errors", every=off()))})
   c.eval.reports = True       # recall curves, retrieval grid, PCA plot at the end
 
   # Warm start (LiT): before step 0 of a fresh run (not on resume), the params

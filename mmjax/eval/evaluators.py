@@ -39,6 +39,7 @@ EVALUATORS = {
     "retrieval": "mmjax.eval.retrieval_evaluator.Retrieval",
     "zeroshot": "mmjax.data.shapes_evaluators.ZeroShot",
     "heldout": "mmjax.data.shapes_evaluators.HeldOut",
+    "errors": "mmjax.data.shapes_errors.RetrievalErrors",
     "itm": "mmjax.data.shapes_evaluators.Matching",
     "audio_zeroshot": "mmjax.eval.audio_zeroshot.AudioZeroShot",
     "fusion": "mmjax.data.shapes_fusion.Fusion",

@@ -131,7 +131,8 @@ def test_specs_of_the_default_config():
                  "zeroshot": {"kind": "zeroshot", "every": None},
                  "itm": {"kind": "itm", "every": None},
                  "heldout": {"kind": "heldout", "every": None},
-                 "fusion": {"kind": "fusion", "every": None}}
+                 "fusion": {"kind": "fusion", "every": None},
+                 "errors": {"kind": "errors", "every": None}}
   assert all(type(s) is dict for s in out.values())
   assert evaluators.enabled(tiny_config().eval.evaluators) == {
       "retrieval": {"kind": "retrieval", "every": 0, "pair": ("image", "text")}}

@@ -7,7 +7,8 @@ def test_switching_one_evaluator_on_leaves_the_others_off():
   c = configs.base()
   c.eval.evaluators.zeroshot.every = -1
   assert {k: v.every for k, v in c.eval.evaluators.items()} == {
-      "retrieval": 0, "zeroshot": -1, "itm": None, "heldout": None, "fusion": None}
+      "retrieval": 0, "zeroshot": -1, "itm": None, "heldout": None, "fusion": None,
+      "errors": None}
 
 
 def test_old_configs_read_in_the_new_layout():

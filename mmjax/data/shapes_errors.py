@@ -1,0 +1,108 @@
+"""Where text->image retrieval fails on shapes: the `errors` evaluator.
+
+Every test caption whose top-1 image shows another scene is put in one class,
+by how that scene differs from the caption's own:
+
+  same_scene    the same canonical scene (shapes.canonical): the caption fits
+                both images, so no model can tell them apart
+  object_count  one object where the caption names two, or two for one
+  relation      the same two objects, in the other arrangement
+  cell          the same single object, in another cell of the 3x3 grid
+  shape, colour, size
+                one attribute kind differs (of one object or both), whatever
+                the positions
+  several       more than one attribute kind differs
+
+Two objects are paired with the other scene's the way that differs in fewest
+attributes. Metrics: "errors/<class>", each a fraction of all captions, and
+"errors/total", their sum: 1 - R@1 of the same top-1 choice. They say which
+lever moves recall: a model at chance on relations loses "errors/relation",
+one that cannot tell the shapes apart at this resolution "errors/shape".
+"""
+
+import itertools
+
+import numpy as np
+
+from mmjax.data import pipeline, shapes
+from mmjax.eval.evaluators import EvaluatorConfigError
+
+CLASSES = ("same_scene", "object_count", "relation", "cell", "shape", "colour", "size",
+           "several")
+ATTRIBUTES = ("shape", "colour", "size")
+PREFIX = "errors/"
+
+
+def _in_role_order(scene: shapes.Scene) -> tuple:
+  """The objects ordered as in "first left of / above second"."""
+  if scene.relation in ("right", "below"):
+    return scene.objects[::-1]
+  return scene.objects
+
+
+def _attribute_diffs(a: shapes.Scene, b: shapes.Scene) -> set:
+  """Attribute kinds that differ between the objects of two scenes with as
+  many objects, under the pairing of objects that differs least; of equal
+  ones, the pairing that keeps each object's place in the relation (a red
+  circle left of a blue square, for a red square left of a blue circle, is
+  two shapes wrong rather than two colours)."""
+  objs_a, objs_b = _in_role_order(a), _in_role_order(b)
+  best = None
+  for order in itertools.permutations(range(len(objs_b))):  # role-keeping first
+    diffs = [k for oa, j in zip(objs_a, order) for k in ATTRIBUTES
+             if getattr(oa, k) != getattr(objs_b[j], k)]
+    if best is None or len(diffs) < len(best):
+      best = diffs
+  return set(best)
+
+
+def difference(wanted: shapes.Scene, retrieved: shapes.Scene) -> str:
+  """The class (CLASSES) of retrieving `retrieved` for a caption of `wanted`."""
+  if shapes.canonical(wanted) == shapes.canonical(retrieved):
+    return "same_scene"
+  if len(wanted.objects) != len(retrieved.objects):
+    return "object_count"
+  diffs = _attribute_diffs(wanted, retrieved)
+  if not diffs:
+    return "cell" if wanted.cell is not None else "relation"
+  return diffs.pop() if len(diffs) == 1 else "several"
+
+
+def classify(similarity: np.ndarray, text_to_image: np.ndarray, scenes) -> dict[str, float]:
+  """similarity: [M, N] caption x image scores; text_to_image: [M] each
+  caption's image; scenes: the N images' Scenes. Returns {"errors/<class>":
+  fraction of the M captions, "errors/total": their sum}."""
+  top = np.argmax(similarity, axis=1)
+  counts = dict.fromkeys(CLASSES, 0)
+  for q in np.flatnonzero(top != text_to_image):
+    counts[difference(scenes[text_to_image[q]], scenes[top[q]])] += 1
+  m = len(text_to_image)
+  out = {PREFIX + k: v / m for k, v in counts.items()}
+  out[PREFIX + "total"] = sum(counts.values()) / m
+  return out
+
+
+class RetrievalErrors:
+  """The errors of text->image retrieval on the test split, by class (above)."""
+
+  modalities = ("image", "text")
+
+  def __init__(self, context):
+    if context.data_name != "shapes":
+      raise EvaluatorConfigError(
+          f"the 'errors' evaluator reads the shapes dataset's scenes, not "
+          f"{context.data_name!r}; remove it from config.eval.evaluators.")
+    if context.inputs.get("image", "image") != "image":
+      raise EvaluatorConfigError(
+          "the 'errors' evaluator ranks the test images; this model's image tower reads "
+          f"{context.inputs['image']!r}. Remove the evaluator or give it a tower on images.")
+    self.context = context
+
+  def __call__(self, encoders) -> dict[str, float]:
+    test = self.context.test
+    images, owner = test["image"], np.asarray(test["text_to_image"])
+    scenes = shapes.test_split(image_size=self.context.image_size,
+                               num_images=pipeline.TEST_IMAGES)["scenes"][:len(images)]
+    similarity = encoders.encode("text", test["text"]) @ encoders.encode("image", images).T
+    return classify(similarity, owner, scenes)
+
