@@ -3,8 +3,8 @@
 The teacher is the default experiment trained to completion. The figures
 below used the default of their time: towers of width 256 (ViT depth 4, text
 depth 2, 128-d embeddings, 5.0M params) at lr 1e-3; today's default is the
-same at width 128 (1.3M params, lr 2e-3), so a rerun distils from a smaller
-teacher. The student
+same at width 128 (1.5M params, lr 2e-3, image tokens flattened), so a rerun
+distils from a smaller teacher. The student
 is 0.68M params (widths 128, image depth 2, text depth 1, 64-d embeddings) and
 trains with SigLIP's sigmoid loss plus, depending on the arm:
 

@@ -50,15 +50,17 @@ the same images with held-out phrasings (eval.json of each run):
 
   run                               standard i2t / t2i   held-out i2t / t2i
   from scratch  (width-256 default)   0.757 / 0.756        0.717 / 0.686
-  from scratch  (today's, width 128)  0.799 / 0.787        0.765 / 0.720
+  from scratch  (width 128, mean-pooled) 0.799 / 0.787     0.765 / 0.720
+  from scratch  (today's: flattened)  0.875 / 0.871        0.874 / 0.819
   distilled     (shapes_distill:kl)   0.649 / 0.638        0.606 / 0.522
   LiT-MiniLM    locked (default)      0.615 / 0.675        0.602 / 0.645
   LiT-MiniLM    train_proj            0.548 / 0.576        0.547 / 0.548
 
-The from-scratch towers fit the training phrasings best and lose 0.04 / 0.07
-R@1 on new ones; the locked MiniLM text side loses 0.01 / 0.03. Zero-shot
-relation accuracy (4 classes) is 0.49 for LiT-MiniLM against 0.23 (chance) for
-the from-scratch run. Wall clock on that (busy) machine: 24 min for `locked`
+The width-256 from-scratch towers fit the training phrasings best and lose
+0.04 / 0.07 R@1 on new ones (today's default, 0.00 / 0.05); the locked MiniLM
+text side loses 0.01 / 0.03. Zero-shot relation accuracy (4 classes) is 0.49
+for LiT-MiniLM against 0.23 (chance) for the width-256 from-scratch run (0.50
+for today's default). Wall clock on that (busy) machine: 24 min for `locked`
 (20 min of training steps, 0.8 steps/s median), 33 min for `train_proj`; the
 default run's steps took 11 min (1.6 steps/s median).
 """

@@ -8,7 +8,7 @@ becomes one point (seconds since launch, text->image R@1).
 
   python experiments/benchmarks/time_to_quality.py                  # the default run
   python experiments/benchmarks/time_to_quality.py --recipes default_300,bias_-5
-  python experiments/benchmarks/time_to_quality.py --recipes default,width256  # today's and the old default
+  python experiments/benchmarks/time_to_quality.py --recipes default,gap,width256  # today's and the earlier defaults
   # today's default beside a curve saved by an earlier run on this machine
   python experiments/benchmarks/time_to_quality.py --workdir runs/ttq_new \
       --earlier "before=runs/time_to_quality/results.json"
@@ -36,11 +36,13 @@ RECIPES = {
     "default": ("experiments/shapes_siglip.py", []),
     "default_300": ("experiments/shapes_siglip.py", _PROBE),
     "bias_-5": ("experiments/shapes_siglip.py", _PROBE + ["--config.model.bias_init=-5.0"]),
+    # The default recipe until the image tokens were flattened: mean-pooled.
+    "gap": ("experiments/shapes_siglip.py", ["--config.model.towers.image.pool=gap"]),
     # The default recipe until the towers were narrowed: configs.base()'s
-    # width-256 towers at lr 1e-3.
+    # width-256 towers, mean-pooled, at lr 1e-3.
     "width256": ("experiments/shapes_siglip.py", [
         "--config.model.towers.image.width=256", "--config.model.towers.text.width=256",
-        "--config.optim.lr=1e-3"]),
+        "--config.model.towers.image.pool=gap", "--config.optim.lr=1e-3"]),
 }
 METRIC = "eval/text_to_image_R@1"
 
