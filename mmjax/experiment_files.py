@@ -14,8 +14,12 @@ FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def config(name: str, *args):
-  """get_config(*args) of experiments/<name>.py."""
+  """get_config(*args) of experiments/<name>.py: a ConfigDict. An unknown
+  name raises FileNotFoundError listing the known ones."""
   path = os.path.join(FOLDER, f"{name}.py")
+  if not os.path.isdir(FOLDER):
+    raise FileNotFoundError(f"no experiments folder at {FOLDER}: experiments are read "
+                            "from a source checkout; install mmjax with `pip install -e`.")
   if not os.path.exists(path):
     known = sorted(f[:-3] for f in os.listdir(FOLDER) if f.endswith(".py"))
     raise FileNotFoundError(f"no experiment {name!r} in {FOLDER}; known: {known}")

@@ -110,7 +110,7 @@ def two_tower_train_flops(model, image_size: int, context_length: int,
   forward product (input and weight gradients). Elementwise work (norms,
   activations, softmax, the optimizer) is left out; XLA's cost analysis counts
   it, which is why the two differ by a few percent (mmjax.plan compares this
-count with the compiled program's matmuls). Assumes every tower trains.
+  count with the compiled program's matmuls). Assumes every tower trains.
   None for image towers other than a ViT, or a text tower whose size the
   model description does not give.
   """
