@@ -28,6 +28,7 @@ _CALLEES = re.compile(
 _BRANCHES = re.compile(r"\b(?:branch_computations|called_computations)=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"')
 _GROUPS = re.compile(r"replica_groups=(\{\{[\d,{} ]*\}\}|\[[\d,]+\]<=\[[\d,]+\](?:T\([\d,]+\))?)")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
 _PAIRS = re.compile(r"source_target_pairs=\{([\d,{} ]*)\}")
 
 
@@ -281,14 +282,43 @@ def to_json(items: list[Collective]) -> list[dict]:
                group_size=c.group_size, dtypes=sorted(c.dtypes)) for c in items]
 
 
-def largest_buffer(text: str) -> int:
-  """Bytes of the largest array any instruction of the program produces."""
-  best = 0
-  for line in text.splitlines():
-    m = _INSTR.match(line)
-    if m:
-      best = max([best, *shape_bytes(m.group(2))])
-  return best
+def fusion_bodies(comps: dict[str, list[str]]) -> set[str]:
+  """Names of the computations that fusion instructions call: their values
+  stay inside one kernel and are never written to memory as arrays."""
+  bodies = set()
+  for name, lines in comps.items():
+    if name == "__entry__":
+      continue
+    for line in lines:
+      m = _INSTR.match(line)
+      if m and m.group(3) == "fusion":
+        bodies.update(callee for kind, callee in _CALLEES.findall(line) if kind == "calls")
+  return bodies
+
+
+def largest_buffer(text: str) -> tuple[int, str]:
+  """(bytes, what) of the largest array the program writes to memory: the
+  outputs of instructions outside fusion bodies (the entry, loop bodies,
+  branches), not the values a fused kernel computes on its way. what: its
+  type and the jax operation it comes from (the HLO metadata's op_name)."""
+  comps = computations(text)
+  fused = fusion_bodies(comps)
+  entry = comps.get("__entry__", [None])[0]
+  best, where = 0, ""
+  for name, lines in comps.items():
+    if name == "__entry__" or name in fused:
+      continue
+    # Views of other buffers; a parameter is a buffer of its own only in the
+    # entry (an argument), elsewhere it is the caller's operand.
+    aliases = ("get-tuple-element", "tuple", "bitcast") + (() if name == entry else ("parameter",))
+    for line in lines:
+      m = _INSTR.match(line)
+      if m and m.group(3) not in aliases:
+        size = max(shape_bytes(m.group(2)), default=0)
+        if size > best:
+          op = _OP_NAME.search(line)
+          best, where = size, f"{m.group(2)} {op.group(1) if op else m.group(1)}"
+  return best, where
 
 
 def array_shapes(text: str) -> set[tuple[int, ...]]:

@@ -153,7 +153,7 @@ def _out_of_memory(config, slice_, oom: OutOfMemory, mesh, model, abstract,
       memory=dict(argument=arguments, temp=needed if oom.temporaries else None,
                   output=None, alias=None, code=None, total=total, params=params_bytes,
                   optimizer_state=state_bytes - params_bytes, batch=batch_bytes,
-                  largest_buffer=None,
+                  largest_buffer=None, largest_buffer_op=None,
                   source="the compiler's out-of-memory message + state and batch shardings"),
       flops_per_chip=flops, xla_flops_per_chip=None, loop_flops_added_per_chip=0.0,
       flops_source="analytic (the compile stopped at out-of-memory)",
@@ -299,7 +299,7 @@ def analyse(config, slice_: topology.Slice, compiled, mesh, model, abstract,
   per_chip = (lambda f: None if f is None else f / slice_.chips)
   names, replicated_bytes, vectors = replicated_params(abstract.params)
   batch = _batch_spec(config, mesh, config.batch_size)
-  largest = hlo.largest_buffer(text)
+  largest, largest_op = hlo.largest_buffer(text)
   eval_plans = {}
   if with_eval:
     for modality, c in compile_eval(config, model, abstract.params, mesh).items():
@@ -318,7 +318,8 @@ def analyse(config, slice_: topology.Slice, compiled, mesh, model, abstract,
   plan.update(
       fits=bool(fits), bytes_per_chip=memory["total"],
       memory=dict(memory, params=params_bytes, optimizer_state=state_bytes - params_bytes,
-                  batch=_shard_bytes(batch), largest_buffer=largest),
+                  batch=_shard_bytes(batch), largest_buffer=largest,
+                  largest_buffer_op=largest_op),
       flops_per_chip=flops, xla_flops_per_chip=cost["flops"] or None, flops_source=source,
       loop_flops_added_per_chip=(full - once) if cost["flops"] > 0 else 0.0,
       # What the analytic count is comparable with: both count matmuls only.

@@ -18,11 +18,27 @@ def _with(config, **changes):
   return configs.override(config.copy_and_resolve_references(), **changes)
 
 
-def meshes(chips: int, batch_size: int, max_tensor: int = 8):
+def tensor_misfit(config, tensor: int) -> str | None:
+  """Why tensor parallelism of `tensor` cannot split `config`'s towers, or None.
+
+  The tensor axis splits attention heads (and MLP hidden units); a tower
+  whose heads it does not divide keeps those weights whole on every chip,
+  so such a mesh only adds communication (and usually does not fit).
+  """
+  for modality, spec in config.model.towers.items():
+    heads = spec.get("num_heads")
+    if heads and heads % tensor:
+      return f"the {modality} tower's {heads} heads do not split {tensor} ways"
+  return None
+
+
+def meshes(chips: int, batch_size: int, max_tensor: int = 8, tensor_ok=lambda t: True):
   """(data, fsdp, tensor) over `chips` that split `batch_size` evenly: pure
-  data parallel, full fsdp, and fsdp with tensor parallel of 2..max_tensor."""
+  data parallel, full fsdp, and fsdp with tensor parallel of 2..max_tensor
+  (those sizes for which tensor_ok(t))."""
   out = []
-  for tensor in (t for t in (1, 2, 4, 8) if t <= max_tensor and chips % t == 0):
+  for tensor in (t for t in (1, 2, 4, 8)
+                 if t <= max_tensor and chips % t == 0 and tensor_ok(t)):
     rest = chips // tensor
     for fsdp in sorted({1, rest}):
       shape = (rest // fsdp, fsdp, tensor)
@@ -39,7 +55,12 @@ def best(config, slice_: topology.Slice, devices, log=print, max_accum: int = 8)
   """The fastest fitting plan (by the serial step estimate), with every
   compiled candidate listed under "search"; if none fits, the smallest."""
   tried, fitting = [], []
-  for shape in meshes(slice_.chips, config.batch_size):
+  for t in (2, 4, 8):
+    why = tensor_misfit(config, t)
+    if why and slice_.chips % t == 0:
+      log(f"tensor {t} skipped: {why}", flush=True)
+  ok = lambda t: tensor_misfit(config, t) is None
+  for shape in meshes(slice_.chips, config.batch_size, tensor_ok=ok):
     choices = [(False, 1)] + [(True, k) for k in (1, 2, 4, 8) if k <= max_accum]
     for remat, accum in choices:
       if config.batch_size % (shape[0] * shape[1] * accum):

@@ -165,6 +165,39 @@ def test_collectives_count_loop_runs_tuple_bytes_and_mesh_axes():
   assert reduce.axes == ("data",) and reduce.group_size == 2
 
 
+FUSED = """HloModule f
+
+%fused_computation (p0: u8[64,32]) -> bf16[64,32] {
+  %p0 = u8[64,32]{1,0} parameter(0)
+  %wide = f32[64,32]{1,0} convert(%p0), metadata={op_name="jit(step)/normalise/convert"}
+  %twice = f32[4,64,32]{2,1,0} broadcast(%wide), dimensions={1,2}
+  ROOT %narrow = bf16[64,32]{1,0} convert(%wide)
+}
+
+ENTRY %main (x: u8[64,32], big: u8[4096]) -> bf16[64,32] {
+  %x = u8[64,32]{1,0} parameter(0)
+  %big = u8[4096]{0} parameter(1)
+  %fusion = bf16[64,32]{1,0} fusion(%x), kind=kLoop, calls=%fused_computation, metadata={op_name="jit(step)/normalise/convert"}
+  %view = bf16[2048]{0} bitcast(%fusion)
+  ROOT %copy = bf16[64,32]{1,0} copy(%fusion)
+}
+"""
+
+
+def test_largest_buffer_counts_written_arrays_not_values_inside_a_fusion():
+  # f32[4, 64, 32] (32 KiB) lives only inside the fused kernel; of the arrays
+  # written to memory the largest is the 4,096-byte argument, then the
+  # 4,096-byte bf16 fusion output (a bitcast is a view of it, not a buffer).
+  assert hlo.fusion_bodies(hlo.computations(FUSED)) == {"fused_computation"}
+  size, what = hlo.largest_buffer(FUSED)
+  assert size == 4096 and what.startswith("u8[4096]")
+  size, what = hlo.largest_buffer(FUSED.replace("u8[4096]", "u8[16]"))
+  assert size == 64 * 32 * 2 and what.endswith("jit(step)/normalise/convert")
+  # A loop body's buffers count; its parameter is the caller's tuple, not a buffer.
+  size, what = hlo.largest_buffer(HLO)
+  assert size == 128 * 128 * 4 and what.startswith("f32[128,128]")
+
+
 def test_loop_flops_put_back_what_the_body_counted_once_misses():
   full, once = hlo_flops.loop_flops(HLO)
   assert once == 2 * 8 * 128 * 128 and full == 7 * once

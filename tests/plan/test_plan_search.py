@@ -63,6 +63,20 @@ def test_search_keeps_the_fastest_fitting_plan(fake):
   assert by_mesh[(16, 1, 1)][-1]["remat"]
 
 
+def test_search_skips_tensor_sizes_that_cannot_split_the_heads(fake):
+  config = _config()
+  config.batch_size = 4096
+  config.model.towers.image.num_heads = 2
+  logged = []
+  plan = search.best(config, SLICE, devices=None, log=lambda *a, **k: logged.append(a[0]))
+  tensors = {row["mesh"][2] for row in plan["search"]}
+  assert tensors == {1, 2}  # 4 and 8 would leave the image heads whole on every chip
+  assert "tensor 4 skipped: the image tower's 2 heads do not split 4 ways" in logged
+  assert search.tensor_misfit(config, 2) is None
+  config.model.towers.text.num_heads = 3
+  assert search.tensor_misfit(config, 2) == "the text tower's 3 heads do not split 2 ways"
+
+
 def test_largest_batch_is_the_last_that_fits(fake):
   config = _config()
   config.batch_size = 1024
