@@ -2,8 +2,9 @@
 
 `best` varies mesh.data / fsdp / tensor, model.remat and
 optim.grad_accum_steps at the config's global batch and keeps the plan that
-fits with the shortest estimated step; `largest_batch` doubles, then bisects,
-the global batch until the next one no longer fits. Every candidate is a real
+fits with the shortest estimated step; `largest_batch` doubles the global
+batch until one no longer fits, then narrows the bracket where the bytes per
+chip say the limit lies. Every candidate is a real
 TPU compile (seconds for small models, minutes for ViT-B and up on a CPU), so
 candidates are tried cheapest-to-run first and a mesh stops at its first fit:
 more remat or accumulation only slows a step that already fits.
@@ -100,15 +101,41 @@ def best(config, slice_: topology.Slice, devices, log=print, max_accum: int = 8)
   return plan
 
 
+def _next_probe(lo: int, hi: int, results: dict, hbm: int, unit: int, step: int,
+                bisect: bool) -> int | None:
+  """The next batch to compile inside the bracket (lo fits, hi does not), a
+  multiple of `unit`; None when none is left.
+
+  Memory per chip grows about linearly with the batch, so the probe goes
+  where the line through the two ends' bytes per chip meets the HBM (regula
+  falsi): on a straight line, two probes settle the answer. It stays `step`
+  (the tolerance) inside either end, so that a probe that fits next to `lo`
+  or fails next to `hi` still ends the search or shrinks the bracket; and
+  after two probes that moved the same end it bisects instead, because near
+  the limit the compiler rematerialises more and the line bends.
+  """
+  mid = (lo + hi) / 2
+  if not bisect:
+    below, above = results[lo]["bytes_per_chip"], results[hi]["bytes_per_chip"]
+    if below and above and above > below:
+      mid = lo + (hbm - below) * (hi - lo) / (above - below)
+      mid = min(max(mid, lo + step), hi - step)
+  nxt = int(mid) // unit * unit
+  if not lo < nxt < hi:
+    nxt = (lo + hi) // 2 // unit * unit
+  return nxt if lo < nxt < hi else None
+
+
 def largest_batch(config, slice_: topology.Slice, devices, log=print,
                   granularity: int | None = None, tolerance: float = 0.0) -> dict:
   """The plan at the largest global batch (a multiple of the batch axes'
   size, to `granularity`) that fits with the config's other settings; every
   compiled batch is listed under "batches".
 
-  tolerance: stop bisecting once the bracket [fits, does not fit] is within
-  this fraction of the batch that fits (each probe of a large model is a
-  compile of minutes; 1/16 costs about 4 probes after the doubling).
+  tolerance: stop once the bracket [fits, does not fit] is within this
+  fraction of the batch that fits (each probe of a large model is a compile
+  of minutes). Inside the bracket, probes follow the bytes per chip
+  (`_next_probe`), not plain bisection.
   "largest_batch" is then the bracket's lower end and "largest_batch_below"
   its upper end, the smallest batch seen not to fit.
   """
@@ -148,14 +175,19 @@ def largest_batch(config, slice_: topology.Slice, devices, log=print,
       else:
         hi = batch
   if lo is not None:
+    moved = []  # which end each probe moved
     while hi - lo > max(granularity, tolerance * lo):
-      mid = (lo + hi) // 2 // unit * unit
-      if mid in (lo, hi):
+      bisect = len(moved) >= 2 and moved[-1] == moved[-2]
+      nxt = _next_probe(lo, hi, results, slice_.chip.hbm_bytes, unit,
+                        step=max(granularity, int(tolerance * lo)), bisect=bisect)
+      if nxt is None:
         break
-      if fits(mid)["fits"]:
-        lo = mid
+      if fits(nxt)["fits"]:
+        lo = nxt
+        moved.append("lo")
       else:
-        hi = mid
+        hi = nxt
+        moved.append("hi")
   best_plan = dict(results[lo]) if lo is not None else dict(plan)
   best_plan["largest_batch"] = lo
   best_plan["largest_batch_below"] = hi

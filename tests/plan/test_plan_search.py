@@ -102,3 +102,48 @@ def test_largest_batch_to_a_tolerance_brackets_the_boundary(fake):
   # The true boundary, 30,848, lies in [lo, hi), which is 1/16 of lo or less.
   assert lo <= 30848 < hi and hi - lo <= lo / 16 and plan["fits"]
   assert not plan["batches"][str(hi)]["fits"] and len(fake) - before < exact
+
+
+def _counted(fake, tolerance, make=None):
+  config = _config()
+  config.batch_size = 1024
+  config.mesh.data, config.mesh.fsdp = 1, 16
+  before = len(fake)
+  plan = search.largest_batch(config, SLICE, devices=None, log=lambda *a, **k: None,
+                              tolerance=tolerance)
+  return plan, len(fake) - before
+
+
+def test_largest_batch_follows_the_bytes_per_chip_not_plain_bisection(fake):
+  # Memory is a straight line in the batch: after doubling brackets it
+  # (1,024 ... 32,768), the line through the ends meets 16 GiB at the
+  # boundary, and one more probe, a batch step above it, closes the search.
+  plan, compiles = _counted(fake, 0.0)
+  assert plan["largest_batch"] == 30848 and plan["largest_batch_below"] == 30864
+  doubling = 6  # 1,024 (the config's own) to 32,768
+  assert compiles == doubling + 2
+  # Plain bisection of [16,384, 32,768] to one batch step (16) takes 10 probes.
+  assert search._next_probe(16384, 32768, {16384: {"bytes_per_chip": None},
+                                           32768: {"bytes_per_chip": 1}},
+                            16 * 2 ** 30, 16, 16, bisect=False) == 24576
+
+
+def test_largest_batch_still_brackets_when_memory_bends(monkeypatch):
+  # Near the limit the compiler rematerialises more, so memory grows ever more
+  # slowly and the line overshoots on the low side; the search must still end
+  # on a bracket within tolerance.
+  def bent(config, slice_, devices, with_eval=True):
+    rows = config.batch_size // 16
+    total = 2 ** 30 * (1 + 20 * (1 - 2.0 ** (-rows / 2000)))  # 16 GiB at 4,000 rows
+    return dict(fits=total <= LIMIT, bytes_per_chip=total, batch_size=config.batch_size,
+                mesh=dict(data=1, fsdp=16, tensor=1), remat=False, grad_accum_steps=1)
+
+  monkeypatch.setattr(search.planner, "make", bent)
+  config = _config()
+  config.batch_size = 1024
+  config.mesh.data, config.mesh.fsdp = 1, 16
+  plan = search.largest_batch(config, SLICE, devices=None, log=lambda *a, **k: None,
+                              tolerance=1 / 16)
+  lo, hi = plan["largest_batch"], plan["largest_batch_below"]
+  assert plan["batches"][str(lo)]["fits"] and not plan["batches"][str(hi)]["fits"]
+  assert hi - lo <= lo / 16
