@@ -123,3 +123,42 @@ def test_errors_needs_shapes_and_an_image_tower():
     shapes_errors.RetrievalErrors(_context(10, data_name="coco"))
   with pytest.raises(EvaluatorConfigError, match="reads 'sketch'"):
     shapes_errors.RetrievalErrors(_context(10, inputs={"image": "sketch", "text": "text"}))
+
+
+def test_shape_confusions_name_the_shapes_a_reader_mixes_up():
+  # A reader that sees everything but cannot tell crosses from diamonds.
+  def merged(scene):
+    return shapes.canonical(shapes.Scene(
+        tuple(dataclasses.replace(o, shape="cross" if o.shape == "diamond" else o.shape)
+              for o in scene.objects), scene.relation, scene.cell))
+
+  similarity = _one_hot_reader(SCENES, OWNER, merged)
+  counts = shapes_errors.shape_confusions(similarity, OWNER, SCENES)
+  out = shapes_errors.classify(similarity, OWNER, SCENES)
+  cross, diamond = shapes.SHAPES.index("cross"), shapes.SHAPES.index("diamond")
+  confused = counts[:, [cross, diamond], :][:, :, [diamond, cross]]
+  assert counts.sum() == confused.sum() > 0  # no other pair of shapes
+  assert (counts[:, cross, cross] == 0).all() and (counts[:, diamond, diamond] == 0).all()
+  # Each shape error has one or two mistaken objects.
+  n = len(OWNER)
+  assert out["errors/shape"] * n <= counts.sum() <= 2 * out["errors/shape"] * n
+  # A whole scene with its two objects' shapes swapped counts both objects.
+  wanted = _two(RED_CIRCLE, dataclasses.replace(BLUE_SQUARE, size="small"))
+  both = _two(dataclasses.replace(RED_CIRCLE, shape="ring"),
+              dataclasses.replace(BLUE_SQUARE, size="small", shape="cross"))
+  two = shapes_errors.shape_confusions(np.array([[0.0, 1.0]]), np.array([0]), [wanted, both])
+  circle, ring, square = (shapes.SHAPES.index(s) for s in ("circle", "ring", "square"))
+  assert two[0, circle, ring] == two[0, square, cross] == 1 and two.sum() == 2
+
+
+def test_the_evaluator_plots_its_shape_confusions(tmp_path):
+  n = 200
+  ids = _scene_keys(SCENES[:n], lambda s: [(o.colour, o.size) for o in s.objects].__repr__())
+  image = np.eye(len(set(ids)), dtype=np.float32)[ids]  # blind to shapes only
+  text = image[OWNER[:5 * n]]
+  evaluator = shapes_errors.RetrievalErrors(_context(n))
+  assert evaluator.report(str(tmp_path)) == []  # nothing before it has run
+  out = evaluator(_Encoders(image, text))
+  assert out["errors/shape"] > 0 and evaluator.confusions.sum() > 0
+  written = evaluator.report(str(tmp_path))
+  assert written == [str(tmp_path / "errors_shapes.png")] and (tmp_path / "errors_shapes.png").stat().st_size > 10_000
