@@ -154,6 +154,8 @@ def largest_batch(config, slice_: topology.Slice, devices, log=print,
     return results[batch]
 
   results[config.batch_size] = plan
+  log(f"batch {config.batch_size}: {plan['bytes_per_chip'] / 2**30:.2f} GiB, "
+      f"{'fits' if plan['fits'] else 'does not fit'}", flush=True)
   lo, hi = None, None
   batch = config.batch_size
   if plan["fits"]:
