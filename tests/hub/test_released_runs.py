@@ -48,6 +48,11 @@ def _c4_layout_tokenizer(path: str) -> str:
   return path
 
 
+# Every test reads a workdir that `mmjax.import_weights` writes in a
+# subprocess: the full suite runs them, the fast subset does not.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
   """(the .npz, its tokenizer, the imported workdir)."""
@@ -163,7 +168,6 @@ def _train_rows(workdir: str) -> dict:
   return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("matmul_rate_once")
 def test_finetuning_runs_sharded_and_resumes_exactly(files, tmp_path):
   from mmjax.train import loop, warm_start

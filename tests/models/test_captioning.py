@@ -79,6 +79,7 @@ def _log_prob(model, params, images, ids):
   return (picked * upto).sum(1)
 
 
+@pytest.mark.slow  # decodes with every search, the longest test of this file
 def test_searches_agree(model_and_params):
   model, params = model_and_params
   params = _spread(params)

@@ -15,6 +15,9 @@ from tests.plan.test_plan_inputs import _config
 from tests.subprocesses import ROOT, child_env
 
 V5E_16 = topology.parse("v5e:4x4")
+# Every test here compiles a train step with the TPU compiler (1.5 minutes or
+# more each on a 2-core CPU): the full suite runs them, the fast subset does not.
+pytestmark = pytest.mark.slow
 
 
 def _plan_cli(workdir, *args) -> tuple[dict, str]:
@@ -101,7 +104,6 @@ def ring_32k():
   return plan, compiled.as_text()
 
 
-@pytest.mark.slow
 def test_ring_at_32k_fits_and_holds_no_batch_by_batch_buffer(ring_32k):
   plan, text = ring_32k
   assert plan["fits"] and plan["batch_size"] == 32768
@@ -119,7 +121,6 @@ def test_ring_at_32k_fits_and_holds_no_batch_by_batch_buffer(ring_32k):
     assert not (len(big) >= 2 and max(big) >= batch), shape
 
 
-@pytest.mark.slow
 def test_remat_flops_lie_between_model_flops_and_a_full_recompute(ring_32k):
   plan, _ = ring_32k
   assert plan["remat"]
@@ -129,7 +130,6 @@ def test_remat_flops_lie_between_model_flops_and_a_full_recompute(ring_32k):
   assert plan["flops_per_chip"] <= 1.05 * plan["analytic_flops_per_chip"]
 
 
-@pytest.mark.slow
 def test_a_plan_that_cannot_fit_says_so_with_its_numbers(tmp_path):
   # 1.3 B parameters, data parallel: float32 params and both Adam moments
   # alone are 15.6 GB per chip, against a v5e's 16 GiB (15.75 GiB usable).
@@ -148,7 +148,6 @@ def test_a_plan_that_cannot_fit_says_so_with_its_numbers(tmp_path):
   assert np.isfinite(plan["step_seconds"]["serial"])
 
 
-@pytest.mark.slow
 def test_an_h100_node_compiles_here_without_a_gpu():
   """XLA:GPU through jax's CUDA plugin, from a written-down H100 description."""
   plan = planner.make(_config(), topology.parse("h100:8"), with_eval=False)

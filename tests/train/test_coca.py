@@ -42,6 +42,7 @@ def coca_run(tmp_path_factory):
   return workdir, result
 
 
+@pytest.mark.slow  # trains a CoCa model end to end
 def test_contrastive_and_caption_terms_train_together(coca_run):
   workdir, result = coca_run
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -59,6 +60,7 @@ def test_contrastive_and_caption_terms_train_together(coca_run):
   assert 0 <= saved["captioning/BLEU-4"] <= 1 and saved["captioning/truncated_references"] == 0
 
 
+@pytest.mark.slow  # trains a CoCa model end to end
 def test_captions_are_coco_results_for_every_test_image(coca_run):
   workdir, _ = coca_run
   generated, refs = caption_export.read_coco_results(os.path.join(workdir, "captions.json"))
@@ -70,6 +72,7 @@ def test_captions_are_coco_results_for_every_test_image(coca_run):
   assert os.path.getsize(os.path.join(workdir, "captions_grid.png")) > 0
 
 
+@pytest.mark.slow  # trains a CoCa model end to end
 def test_export_captions_cli(coca_run, tmp_path):
   workdir, _ = coca_run
   config_file = tmp_path / "coca.py"
