@@ -35,7 +35,7 @@ from mmjax.eval.evaluators import EvaluatorConfigError
 CLASSES = ("same_scene", "object_count", "relation", "cell", "shape", "colour", "size",
            "several")
 ATTRIBUTES = ("shape", "colour", "size")
-SIZES = ("small", "large")
+SIZES = tuple(shapes.SIZES)  # ("small", "large"), the first axis of shape_confusions
 PREFIX = "errors/"
 
 
@@ -79,15 +79,26 @@ def difference(wanted: shapes.Scene, retrieved: shapes.Scene) -> str:
   return diffs.pop() if len(diffs) == 1 else "several"
 
 
+def _failures(similarity: np.ndarray, text_to_image: np.ndarray, scenes):
+  """(wanted scene, retrieved scene, class) of each caption whose top-1
+  image is not its own; arguments as for `classify`."""
+  top = np.argmax(similarity, axis=1)
+  for q in np.flatnonzero(top != text_to_image):
+    wanted, retrieved = scenes[text_to_image[q]], scenes[top[q]]
+    yield wanted, retrieved, difference(wanted, retrieved)
+
+
 def classify(similarity: np.ndarray, text_to_image: np.ndarray, scenes) -> dict[str, float]:
   """similarity: [M, N] caption x image scores; text_to_image: [M] each
   caption's image; scenes: the N images' Scenes. Returns {"errors/<class>":
   fraction of the M captions, "errors/total": their sum}."""
-  top = np.argmax(similarity, axis=1)
+  return _summarise(list(_failures(similarity, text_to_image, scenes)), len(text_to_image))
+
+
+def _summarise(failures: list, m: int) -> dict[str, float]:
   counts = dict.fromkeys(CLASSES, 0)
-  for q in np.flatnonzero(top != text_to_image):
-    counts[difference(scenes[text_to_image[q]], scenes[top[q]])] += 1
-  m = len(text_to_image)
+  for _, _, kind in failures:
+    counts[kind] += 1
   out = {PREFIX + k: v / m for k, v in counts.items()}
   out[PREFIX + "total"] = sum(counts.values()) / m
   return out
@@ -97,16 +108,19 @@ def shape_confusions(similarity: np.ndarray, text_to_image: np.ndarray, scenes) 
   """Which shapes the "shape" errors mistake for which.
 
   similarity, text_to_image, scenes: as for `classify`. Returns int64
-  [2, 6, 6]: [size (small, large), shape the caption names, shape of the
-  retrieved image's object], counting each object whose shape differs, under
-  the same pairing of objects as `classify` (a caption whose retrieved
-  scene has both shapes wrong counts twice).
+  [len(SIZES), len(shapes.SHAPES), len(shapes.SHAPES)] = [2, 6, 6]: [size of
+  the object, shape the caption names, shape of the retrieved image's
+  object], counting each object whose shape differs, under the same pairing
+  of objects as `classify` (a caption whose retrieved scene has both shapes
+  wrong counts twice).
   """
-  top = np.argmax(similarity, axis=1)
+  return _confusions(list(_failures(similarity, text_to_image, scenes)))
+
+
+def _confusions(failures: list) -> np.ndarray:
   counts = np.zeros((len(SIZES), len(shapes.SHAPES), len(shapes.SHAPES)), np.int64)
-  for q in np.flatnonzero(top != text_to_image):
-    wanted, retrieved = scenes[text_to_image[q]], scenes[top[q]]
-    if difference(wanted, retrieved) != "shape":
+  for wanted, retrieved, kind in failures:
+    if kind != "shape":
       continue
     for x, y in _pairing(wanted, retrieved):
       if x.shape != y.shape:
@@ -116,8 +130,9 @@ def shape_confusions(similarity: np.ndarray, text_to_image: np.ndarray, scenes) 
 
 
 def plot_shape_confusions(counts: np.ndarray, path: str) -> str:
-  """Two 6 x 6 heat maps (small, large objects) of `shape_confusions`."""
-  plt = reports._pyplot()  # pylint: disable=protected-access
+  """Two 6 x 6 heat maps (small, large objects) of `shape_confusions`'s
+  [2, 6, 6] counts, saved to `path`; returns path."""
+  plt = reports.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
   top = max(int(counts.max()), 1)
   for ax, size, c in zip(axes, SIZES, counts):
@@ -160,8 +175,9 @@ class RetrievalErrors:
     scenes = shapes.test_split(image_size=self.context.image_size,
                                num_images=pipeline.TEST_IMAGES)["scenes"][:len(images)]
     similarity = encoders.encode("text", test["text"]) @ encoders.encode("image", images).T
-    self.confusions = shape_confusions(similarity, owner, scenes)
-    return classify(similarity, owner, scenes)
+    failures = list(_failures(similarity, owner, scenes))  # classified once, for both
+    self.confusions = _confusions(failures)
+    return _summarise(failures, len(owner))
 
   def report(self, workdir: str) -> list[str]:
     """errors_shapes.png: which shapes the shape errors confuse, by size."""

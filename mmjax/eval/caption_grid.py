@@ -19,6 +19,7 @@ import textwrap
 import numpy as np
 
 from mmjax import paths
+from mmjax.eval import reports
 
 __all__ = ["plot_caption_grid", "CELL_INCHES", "DPI"]
 
@@ -30,13 +31,6 @@ _WRAP_CHARS = 38  # bold 7 pt text of this many characters fills CELL_INCHES
 _MAX_CAPTION_LINES = 3
 _MAX_REFERENCE_LINES = 2
 _PAD_INCHES = 0.12
-
-
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
 
 
 def _wrap(text: str, max_lines: int) -> list[str]:
@@ -91,7 +85,7 @@ def plot_caption_grid(images, generated: list[str], references: list[list[str]],
   title_h = 0.35 if title else 0.0
   fig_w, fig_h = cols * CELL_INCHES, rows * row_h + title_h + _PAD_INCHES
 
-  plt = _pyplot()
+  plt = reports.pyplot()
   fig = plt.figure(figsize=(fig_w, fig_h))
   if title:
     fig.text(0.5, 1 - 0.2 / fig_h, title, ha="center", va="center", fontsize=9)

@@ -20,7 +20,9 @@ from mmjax import paths
 from mmjax.eval import retrieval
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (files only, no display), imported
+  when a report is drawn rather than with this module."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -35,7 +37,7 @@ def recall_curve(ranks: np.ndarray, max_k: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def plot_recall_curves(i2t_ranks, t2i_ranks, path: str, max_k: int = 100) -> str:
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for ranks, label in ((i2t_ranks, "image -> text"), (t2i_ranks, "text -> image")):
     ks, recall = recall_curve(np.asarray(ranks), max_k)
@@ -68,7 +70,7 @@ def _grid(draw_query, chosen, top, images, is_hit, path: str, title: str) -> str
 
   chosen [Q] query rows; top [Q, k] image indices; is_hit(q, idx) -> bool.
   """
-  plt = _pyplot()
+  plt = pyplot()
   k = top.shape[1]
   fig, axes = plt.subplots(len(chosen), k + 1, figsize=(1.6 * (k + 1) + 2.2, 1.7 * len(chosen)),
                            squeeze=False, gridspec_kw={"width_ratios": [2.2] + [1] * k})
@@ -156,7 +158,7 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 def plot_embeddings_pca(image_emb, text_emb, path: str, max_points: int = 2000,
                         seed: int = 0) -> str:
   """Both modalities projected together, so the gap between them shows."""
-  plt = _pyplot()
+  plt = pyplot()
   rng = np.random.default_rng(seed)
   img = image_emb[rng.permutation(len(image_emb))[:max_points]]
   txt = text_emb[rng.permutation(len(text_emb))[:max_points]]

@@ -20,16 +20,19 @@ def _with(config, **changes):
 
 
 def tensor_misfit(config, tensor: int) -> str | None:
-  """Why tensor parallelism of `tensor` cannot split `config`'s towers, or None.
+  """Why tensor parallelism of `tensor` cannot split `config`'s model, or None.
 
-  The tensor axis splits attention heads (and MLP hidden units); a tower
-  whose heads it does not divide keeps those weights whole on every chip,
-  so such a mesh only adds communication (and usually does not fit).
+  The tensor axis splits attention heads (and MLP hidden units) in every
+  tower and head that has them (config.model.towers / heads entries with
+  num_heads); one whose heads it does not divide keeps those weights whole on
+  every chip, so such a mesh only adds communication (and usually does not fit).
   """
-  for modality, spec in config.model.towers.items():
+  parts = [(f"{m} tower", spec) for m, spec in config.model.towers.items()]
+  parts += [(f"{name} head", spec) for name, spec in config.model.heads.items()]
+  for what, spec in parts:
     heads = spec.get("num_heads")
     if heads and heads % tensor:
-      return f"the {modality} tower's {heads} heads do not split {tensor} ways"
+      return f"the {what}'s {heads} heads do not split {tensor} ways"
   return None
 
 

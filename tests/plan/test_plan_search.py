@@ -75,6 +75,11 @@ def test_search_skips_tensor_sizes_that_cannot_split_the_heads(fake):
   assert search.tensor_misfit(config, 2) is None
   config.model.towers.text.num_heads = 3
   assert search.tensor_misfit(config, 2) == "the text tower's 3 heads do not split 2 ways"
+  # Heads beside the towers (a caption decoder) are split over tensor too.
+  config.model.towers.image.num_heads = config.model.towers.text.num_heads = 4
+  config.model.heads.caption = dict(kind="caption_decoder", width=16, depth=1, num_heads=6)
+  assert search.tensor_misfit(config, 2) is None
+  assert search.tensor_misfit(config, 4) == "the caption head's 6 heads do not split 4 ways"
 
 
 def test_largest_batch_is_the_last_that_fits(fake):
@@ -104,7 +109,7 @@ def test_largest_batch_to_a_tolerance_brackets_the_boundary(fake):
   assert not plan["batches"][str(hi)]["fits"] and len(fake) - before < exact
 
 
-def _counted(fake, tolerance, make=None):
+def _counted(fake, tolerance):
   config = _config()
   config.batch_size = 1024
   config.mesh.data, config.mesh.fsdp = 1, 16
@@ -122,7 +127,9 @@ def test_largest_batch_follows_the_bytes_per_chip_not_plain_bisection(fake):
   assert plan["largest_batch"] == 30848 and plan["largest_batch_below"] == 30864
   doubling = 6  # 1,024 (the config's own) to 32,768
   assert compiles == doubling + 2
-  # Plain bisection of [16,384, 32,768] to one batch step (16) takes 10 probes.
+  # Plain bisection of [16,384, 32,768] to one batch step (16) would take 10
+  # probes; that is what the search falls back to where an end has no byte
+  # count (a compile that stopped without naming its bytes): the midpoint.
   assert search._next_probe(16384, 32768, {16384: {"bytes_per_chip": None},
                                            32768: {"bytes_per_chip": 1}},
                             16 * 2 ** 30, 16, 16, bisect=False) == 24576
