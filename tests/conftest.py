@@ -2,10 +2,12 @@
 
 import os
 
+from tests.subprocesses import FAST_COMPILE
+
 # Must happen before the first `import jax` anywhere in the test session: XLA
-# reads the flag once, when the CPU backend is created.
+# reads the flags once, when the CPU backend is created.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE} --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -37,14 +39,14 @@ def pytest_unconfigure(config):
 # workers take whole files (--dist loadfile) in collection order, so a long
 # file collected last would run alone at the end while the other worker idles.
 LONGEST_FIRST = (
-    "parallel/test_sharded_training.py", "parallel/test_multiprocess.py",
-    "plan/test_plan_compile.py", "train/test_distill.py", "train/test_preemption.py",
-    "hub/test_released_runs.py",
-    "train/test_matching.py", "train/test_loop.py", "train/test_warm_start.py",
-    "train/test_image_text.py", "models/test_towers.py", "data/test_shapes_evaluators.py",
-    "train/test_gcs.py", "data/test_shapes_fusion.py", "test_fork_example.py",
-    "models/test_audio.py", "train/test_audio_text.py", "train/test_restore_policy.py",
-    "train/test_perf.py",
+    "plan/test_plan_compile.py", "parallel/test_sharded_training.py",
+    "parallel/test_multiprocess.py", "train/test_distill.py", "train/test_preemption.py",
+    "train/test_loop.py", "hub/test_released_runs.py", "train/test_warm_start.py",
+    "models/test_captioning.py", "train/test_matching.py", "models/test_towers.py",
+    "train/test_coca.py", "data/test_shapes_evaluators.py", "train/test_image_text.py",
+    "train/test_gpu_check.py", "models/test_layers.py", "train/test_restore_policy.py",
+    "data/test_shapes_fusion.py", "train/test_gcs.py", "train/test_perf.py",
+    "test_fork_example.py", "train/test_audio_text.py",
 )
 
 

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from tests.subprocesses import FAST_COMPILE
+
 pytestmark = pytest.mark.slow  # trains the fork in a subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -20,8 +22,9 @@ FORK = ROOT / "tests" / "fork_example"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("fork")
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FORK), str(ROOT)]))
-  env.pop("XLA_FLAGS", None)  # one device, as a user's first run
+  # One device, as a user's first run.
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FORK), str(ROOT)]),
+             XLA_FLAGS=FAST_COMPILE)
   proc = subprocess.run(
       [sys.executable, "-m", "mmjax.train", "--config", str(FORK / "myfork" / "experiment.py"),
        "--workdir", str(workdir)], env=env, capture_output=True, text=True, timeout=600,
