@@ -259,14 +259,16 @@ def collectives(text: str, mesh_shape: tuple[int, ...],
       else:  # one array, or a tuple of arrays combined into one op
         size = sum(sizes)
       kind = "reduce-scatter" if (base == "all-reduce" and name in scatter_bodies) else base
-      if kind == "reduce-scatter" and base == "reduce-scatter":
-        operand = shape_bytes(m.group(4).split(")")[0])
-        size = operand[0] if operand else size
       if base == "collective-permute":
         groups, group_size = _pairs(line), 2
       else:
         groups = _groups(line)
         group_size = len(groups[0]) if groups else int(np.prod(mesh_shape))
+      if base == "reduce-scatter":
+        # The input, group_size times the (tiled) result: optimised HLO names
+        # its operand without a shape.
+        operand = shape_bytes(m.group(4).split(")")[0])
+        size = operand[0] if operand else size * group_size
       axes = axes_of(groups, mesh_shape, axis_names) if groups else tuple(
           a for a, n in zip(axis_names, mesh_shape) if n > 1)
       key = (kind, axes, group_size)

@@ -165,6 +165,44 @@ def test_collectives_count_loop_runs_tuple_bytes_and_mesh_axes():
   assert reduce.axes == ("data",) and reduce.group_size == 2
 
 
+SCATTER = """HloModule s
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %c = f32[] add(%a, %b)
+}
+
+%all-reduce-scatter.1 (p: f32[512,1024], i: s32[]) -> f32[128,1024] {
+  %p = f32[512,1024]{1,0} parameter(0)
+  %i = s32[] parameter(1)
+  %zero = s32[] constant(0)
+  %whole = f32[512,1024]{1,0} all-reduce(%p), channel_id=1, replica_groups={{0,1,2,3},{4,5,6,7}}, use_global_device_ids=true, to_apply=%add
+  ROOT %mine = f32[128,1024]{1,0} dynamic-slice(%whole, %i, %zero), dynamic_slice_sizes={128,1024}
+}
+
+ENTRY %main (x: f32[512,1024], y: f32[512,1024], i: s32[]) -> (f32[128,1024], f32[128,1024]) {
+  %x = f32[512,1024]{1,0} parameter(0)
+  %y = f32[512,1024]{1,0} parameter(1)
+  %i = s32[] parameter(2)
+  %rs = f32[128,1024]{1,0} reduce-scatter(%x), channel_id=2, replica_groups={{0,1,2,3},{4,5,6,7}}, use_global_device_ids=true, dimensions={0}, to_apply=%add
+  %fused = f32[128,1024]{1,0} fusion(%y, %i), kind=kCustom, calls=%all-reduce-scatter.1
+  ROOT %t = (f32[128,1024], f32[128,1024]) tuple(%rs, %fused)
+}
+"""
+
+
+def test_a_reduce_scatter_counts_its_input_in_either_form():
+  # The same reduction twice: a reduce-scatter op (optimised HLO names its
+  # operand without a shape, so the input is the result times the group) and
+  # the TPU's form, an all-reduce fused with the slice each chip keeps.
+  found, _ = hlo.collectives(SCATTER, (2, 4), ("data", "fsdp"))
+  assert len(found) == 1
+  scatter = found[0]
+  assert (scatter.kind, scatter.axes, scatter.group_size) == ("reduce-scatter", ("fsdp",), 4)
+  assert (scatter.count, scatter.bytes) == (2, 2 * 512 * 1024 * 4)
+
+
 FUSED = """HloModule f
 
 %fused_computation (p0: u8[64,32]) -> bf16[64,32] {
