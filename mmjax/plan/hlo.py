@@ -42,16 +42,17 @@ class Collective:
   dtypes: set = dataclasses.field(default_factory=set)  # element types moved
 
 
+def _array_bytes(dtype: str, dims: str) -> int:
+  n = 1
+  for d in dims.split(","):
+    if d:
+      n *= int(d)
+  return n * _BYTES[dtype]
+
+
 def shape_bytes(text: str) -> list[int]:
   """Bytes of each array shape in an HLO type string, in order."""
-  out = []
-  for dtype, dims in _SHAPE.findall(text):
-    n = 1
-    for d in dims.split(","):
-      if d:
-        n *= int(d)
-    out.append(n * _BYTES[dtype])
-  return out
+  return [_array_bytes(dtype, dims) for dtype, dims in _SHAPE.findall(text)]
 
 
 def computations(text: str) -> dict[str, list[str]]:
@@ -316,10 +317,14 @@ def largest_buffer(text: str) -> tuple[int, str]:
     for line in lines:
       m = _INSTR.match(line)
       if m and m.group(3) not in aliases:
-        size = max(shape_bytes(m.group(2)), default=0)
+        # A tuple-typed output (an async collective's start, a loop) is named
+        # by its largest array, not by the whole tuple.
+        arrays = [(_array_bytes(dtype, dims), f"{dtype}[{dims}]")
+                  for dtype, dims in _SHAPE.findall(m.group(2))]
+        size, array = max(arrays, default=(0, ""))
         if size > best:
           op = _OP_NAME.search(line)
-          best, where = size, f"{m.group(2)} {op.group(1) if op else m.group(1)}"
+          best, where = size, f"{array} {op.group(1) if op else m.group(1)}"
   return best, where
 
 

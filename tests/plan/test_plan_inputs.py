@@ -234,6 +234,16 @@ def test_largest_buffer_counts_written_arrays_not_values_inside_a_fusion():
   # A loop body's buffers count; its parameter is the caller's tuple, not a buffer.
   size, what = hlo.largest_buffer(HLO)
   assert size == 128 * 128 * 4 and what.startswith("f32[128,128]")
+  # A tuple-typed output is named by its largest array.
+  started = """HloModule t
+
+ENTRY %main (x: f32[8,128]) -> f32[8,128] {
+  %x = f32[8,128]{1,0} parameter(0)
+  %cp = (f32[8,128]{1,0}, f32[64,128]{1,0}, u32[], u32[]) collective-permute-start(%x), channel_id=1, source_target_pairs={{0,1}}, metadata={op_name="jit(step)/ring/ppermute"}
+  ROOT %d = f32[8,128]{1,0} collective-permute-done(%cp)
+}
+"""
+  assert hlo.largest_buffer(started) == (64 * 128 * 4, "f32[64,128] jit(step)/ring/ppermute")
 
 
 def test_loop_flops_put_back_what_the_body_counted_once_misses():
