@@ -43,7 +43,9 @@ def table(plan: dict) -> str:
                  f"not aliased {_gib(m['output'] - m['alias'])}, largest buffer "
                  f"{_gib(m['largest_buffer'])}")
     if m.get("largest_buffer_op"):
-      lines.append(f"  largest buffer: {m['largest_buffer_op'][-150:]}")
+      # Its array type, then the end of the jax op name (the innermost scopes).
+      array, _, op = m["largest_buffer_op"].partition(" ")
+      lines.append(f"  largest buffer: {array} from ...{op[-110:]}")
   for modality, e in plan.get("eval", {}).items():
     size = _gib(e["bytes_per_chip"]) if e.get("bytes_per_chip") else "more than HBM"
     lines.append(f"  eval encode {modality}: {size}, {'fits' if e['fits'] else 'DOES NOT FIT'}")
