@@ -141,6 +141,12 @@ def largest_batch(config, slice_: topology.Slice, devices, log=print,
   (`_next_probe`), not plain bisection.
   "largest_batch" is then the bracket's lower end and "largest_batch_below"
   its upper end, the smallest batch seen not to fit.
+
+  The search assumes memory grows with the batch. Near the HBM limit the
+  compiler's schedule can change from one batch to the next (L/16 on
+  v5e-256: 16.0 GiB at 95,744, 8.5 GiB at 98,816, no fit at 101,888), so
+  the answer is the largest batch found to fit, not a proof that no larger
+  one does.
   """
   plan = planner.make(config, slice_, devices, with_eval=False)
   mesh = plan["mesh"]
