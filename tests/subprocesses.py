@@ -14,11 +14,12 @@ FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 def child_env(**extra) -> dict:
   """This environment minus mmjax's launch variables and the device count
-  (each launch sets its own), plus `extra`. XLA_FLAGS is FAST_COMPILE plus
-  any flags `extra` gives."""
+  (each launch sets its own), plus `extra` (which may replace PYTHONPATH).
+  XLA_FLAGS is FAST_COMPILE plus any flags `extra` gives."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("MMJAX_")}
   flags = f"{FAST_COMPILE} {extra.pop('XLA_FLAGS', '')}".strip()
-  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, **extra)
+  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
+  env.update(extra)
   return env
 
 

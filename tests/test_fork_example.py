@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.subprocesses import FAST_COMPILE
+from tests.subprocesses import child_env
 
 pytestmark = pytest.mark.slow  # trains the fork in a subprocess
 
@@ -22,9 +22,8 @@ FORK = ROOT / "tests" / "fork_example"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("fork")
-  # One device, as a user's first run.
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FORK), str(ROOT)]),
-             XLA_FLAGS=FAST_COMPILE)
+  # One device (no device-count flag), as a user's first run.
+  env = child_env(PYTHONPATH=os.pathsep.join([str(FORK), str(ROOT)]))
   proc = subprocess.run(
       [sys.executable, "-m", "mmjax.train", "--config", str(FORK / "myfork" / "experiment.py"),
        "--workdir", str(workdir)], env=env, capture_output=True, text=True, timeout=600,

@@ -13,13 +13,12 @@ does, over a mesh (n / k, k) of the slice's n chips, reducing over the k axis:
   split to W's layout.
 
 For each it prints the collectives of the optimised HLO as `mmjax.plan`
-reads them (kind, mesh axes, count, bytes). A plan's per-step collective bytes (`mmjax.plan`) count what the
-compiler emitted, so this tells whether a whole-matrix all-reduce in a plan
-comes from mmjax's shardings or from how the compiler lowers the reduction.
+reads them (kind, mesh axes, count, bytes). A plan counts what the compiler
+emitted, so this tells whether a whole-matrix all-reduce in a plan comes from
+mmjax's shardings or from how the compiler lowers the reduction.
 """
 
 import argparse
-import re
 
 import numpy as np
 
