@@ -32,6 +32,7 @@ import numpy as np
 
 from mmjax.data import audio_io
 from mmjax.data import audio_text
+from mmjax.data import image_text
 from mmjax.data import prepared_batch
 from mmjax.data.tokenizer import Tokenizer
 
@@ -73,9 +74,23 @@ def settings(data_cfg, marker: dict | None = None) -> Settings:
   return Settings(rate, samples["clip_seconds"], samples["eval_clip_seconds"], pad_mode)
 
 
+def planned_marker(data_cfg) -> dict:
+  """The dataset's marker for what only its layout needs (batch_spec,
+  test_fields). A dataset not prepared here whose config gives the rate its
+  clips are stored at (config.data.sample_rate: a plan for a machine that has
+  the data) is described by {"sample_rate": that rate}; otherwise the dataset
+  is read, and a missing one raises naming its prepare command. Training
+  checks the dataset itself (pipeline.check_data_config)."""
+  path = image_text.dataset_dir(data_cfg.data_dir, data_cfg.name)
+  if data_cfg.get("sample_rate") and image_text.read_marker(path) is None:
+    return {"sample_rate": data_cfg.sample_rate}
+  return audio_text.check_dataset(data_cfg.data_dir, data_cfg.name)
+
+
 def batch_spec(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """{"audio": ((N,), float32), "text": ((L,), int32)}: one example's fields."""
-  return {"audio": ((settings(config.data).clip_samples,), np.dtype(np.float32)),
+  clip = settings(config.data, planned_marker(config.data)).clip_samples
+  return {"audio": ((clip,), np.dtype(np.float32)),
           "text": ((config.data.context_length,), np.dtype(np.int32))}
 
 
@@ -113,7 +128,7 @@ class AudioBatch(prepared_batch.PreparedBatch):
 def test_fields(data_cfg) -> tuple[str, ...]:
   """("audio", "text"), and "labels" for a labelled dataset (ESC-50): what the
   evaluators may read, known before the split is loaded."""
-  marker = audio_text.check_dataset(data_cfg.data_dir, data_cfg.name)
+  marker = planned_marker(data_cfg)
   return ("audio", "text") + (("labels",) if marker.get("classes") else ())
 
 

@@ -82,11 +82,14 @@ def _check_fields(data_cfg) -> tuple[str, ...]:
 
 def modality(data_cfg) -> str:
   """What the dataset's items are: "audio" for a prepared audio dataset, else
-  "image" (shapes, image-text datasets, and a dataset not prepared yet, which
-  check_data_config reports)."""
+  "image" (shapes, image-text datasets). A dataset not prepared here (which
+  check_data_config reports; a plan for another machine reads none) is
+  "audio" when its name is an audio source format (audiocaps, clotho, esc50)."""
   if data_cfg.name == "shapes" or not data_cfg.get("data_dir"):
     return "image"
   marker = image_text.read_marker(image_text.dataset_dir(data_cfg.data_dir, data_cfg.name))
+  if marker is None:
+    return "audio" if data_cfg.name in audio_text.FORMATS else "image"
   return "audio" if audio_text.is_audio(marker) else "image"
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmjax import configs
+from mmjax.data import pipeline
 from mmjax.plan import hlo, hlo_flops, planner, topology
 from tests.subprocesses import ROOT
 
@@ -94,6 +95,25 @@ def test_plans_need_no_data():
   config = _config("pod_siglip.py", "small")
   assert not os.path.exists(config.data.data_dir)
   planner.check(config, topology.parse("v5e:4x4"))  # no error: nothing is read
+
+
+def test_an_audio_plan_needs_no_data_and_training_still_asks_for_it(tmp_path):
+  # CLAP at pod scale: audiocaps is not prepared here. Its config gives the
+  # clips' rate, so the batch is known: 9.94 s windows at 16 kHz, and no image.
+  config = _config("pod_multimodal.py", "audio")
+  config.data.data_dir = str(tmp_path)
+  assert pipeline.modality(config.data) == "audio"
+  spec = pipeline.batch_spec(config)
+  assert set(spec) == {"audio", "text"}
+  assert spec["audio"] == ((round(config.data.clip_seconds * 16000),), np.dtype(np.float32))
+  planner.check(config, topology.parse("v5e:4x4"))
+  # A run (which reads the data) is refused with the prepare command.
+  with pytest.raises(FileNotFoundError, match="mmjax.data.prepare audiocaps"):
+    pipeline.check_data_config(config.data)
+  # Without the rate nothing says what the clips are: the dataset is read.
+  config.data.sample_rate = None
+  with pytest.raises(FileNotFoundError, match="mmjax.data.prepare audiocaps"):
+    pipeline.batch_spec(config)
 
 
 def test_a_teacher_is_refused_not_ignored():
