@@ -2,6 +2,7 @@
 by the size of the group it runs over.
 
   python experiments/benchmarks/reduce_scatter.py [--slices v5e:4x4,v5e-256,v5p-128,v6e-256]
+  python experiments/benchmarks/reduce_scatter.py --shapes [--slices v5e-256,v6e-256]
 
 Two programs per (slice, k), compiled ahead of time by libtpu as `mmjax.plan`
 does, over a mesh (n / k, k) of the slice's n chips, reducing over the k axis:
@@ -16,6 +17,12 @@ For each it prints the collectives of the optimised HLO as `mmjax.plan`
 reads them (kind, mesh axes, count, bytes). A plan counts what the compiler
 emitted, so this tells whether a whole-matrix all-reduce in a plan comes from
 mmjax's shardings or from how the compiler lowers the reduction.
+
+`--shapes` keeps the group at 64 chips (a quarter of a 256-chip slice, where
+the compiler does keep reduce-scatters) and varies the weight's shape instead:
+rows per chip (the fsdp shard of the model width: So400m's 1152 is 18 rows
+per chip over 64, 9 over 128, 36 over 32, 72 over 16) by columns (1152 and 4304 are So400m's width and MLP width), in float32
+and bfloat16. It prints which of the two the compiler chose for each.
 """
 
 import argparse
@@ -35,7 +42,7 @@ def collectives(text: str, k: int, n: int) -> str:
                    for c in found)
 
 
-def programs(devices, k: int):
+def programs(devices, k: int, rows: int = ROWS, cols: int = COLS, dtype: str = "float32"):
   """{name: compiled HLO text} of the two programs over a (n / k, k) mesh."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -48,20 +55,44 @@ def programs(devices, k: int):
       mesh=mesh, in_specs=P(), out_specs=P("fsdp")))
 
   def loss(w, x):
-    return jnp.mean(jnp.square(jnp.einsum("btw,wv->btv", x, w)))
+    return jnp.mean(jnp.square(jnp.einsum("btw,wv->btv", x, w).astype(jnp.float32)))
 
-  rows, batch = NamedSharding(mesh, P("fsdp")), NamedSharding(mesh, P(("data", "fsdp")))
-  grad = jax.jit(jax.grad(loss), in_shardings=(rows, batch), out_shardings=rows)
-  w = jax.ShapeDtypeStruct((ROWS * k, COLS), jnp.float32)
-  x = jax.ShapeDtypeStruct((4 * n, 16, ROWS * k), jnp.float32)
+  by_row, batch = NamedSharding(mesh, P("fsdp")), NamedSharding(mesh, P(("data", "fsdp")))
+  grad = jax.jit(jax.grad(loss), in_shardings=(by_row, batch), out_shardings=by_row)
+  w = jax.ShapeDtypeStruct((rows * k, cols), dtype)
+  x = jax.ShapeDtypeStruct((4 * n, 16, rows * k), dtype)
   return {"psum_scatter": scatter.lower(w).compile().as_text(),
           "fsdp_grad": grad.lower(w, x).compile().as_text()}
 
 
+def by_shape(names, k: int = 64, rows=(9, 16, 18, 24, 36, 72), cols=(1024, 1152, 4096, 4304)):
+  """The --shapes table: reduce-scatter (RS) or whole all-reduce (AR) of one
+  fsdp weight gradient, by rows per chip and columns, over k chips."""
+  print(f"| slice | dtype | rows per chip | " + " | ".join(f"{c} columns" for c in cols) + " |")
+  print("|---|---|---|" + "---|" * len(cols))
+  for name in names:
+    devices = topology.devices(topology.parse(name))
+    for dtype in ("float32", "bfloat16"):
+      for r in rows:
+        chosen = []
+        for c in cols:
+          text = programs(devices, k, r, c, dtype)["fsdp_grad"]
+          found = collectives(text, k, len(devices))
+          chosen.append("RS" if "reduce-scatter" in found else
+                        "AR" if "all-reduce over fsdp" in found else found)
+        print(f"| {name} | {dtype} | {r} | " + " | ".join(chosen) + " |", flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--slices", default="v5e:4x4,v5e-256,v5p-128,v6e-256")
+  parser.add_argument("--slices", default=None)
+  parser.add_argument("--shapes", action="store_true",
+                      help="vary the weight's shape over 64 chips instead of the group size")
   args = parser.parse_args()
+  if args.shapes:
+    by_shape((args.slices or "v5e-256,v6e-256").split(","))
+    return
+  args.slices = args.slices or "v5e:4x4,v5e-256,v5p-128,v6e-256"
   print("| slice | group k of n chips | program | collectives (count, bytes per chip) |")
   print("|---|---|---|---|")
   for name in args.slices.split(","):
