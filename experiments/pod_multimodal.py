@@ -18,8 +18,9 @@ pod preset's text-B, sigmoid loss. Each example's waveform (159,152 float32
 samples, 0.6 MiB) is a larger input than its image (0.15 MiB of uint8).
 
 Both are data parallel (params replicated, as pod_siglip's b16), bfloat16 with
-rematerialised blocks and the ring loss. Plans only: there is no pod-scale
-dataset with all three modalities here, and a plan reads no data.
+rematerialised blocks and the ring loss. A plan reads no data; to train,
+prepare the image-text (coca) or AudioCaps (audio) dataset and set
+--config.data.data_dir.
 """
 
 from mmjax import experiment_files

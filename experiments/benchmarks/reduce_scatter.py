@@ -21,8 +21,9 @@ mmjax's shardings or from how the compiler lowers the reduction.
 `--shapes` keeps the group at 64 chips (a quarter of a 256-chip slice, where
 the compiler does keep reduce-scatters) and varies the weight's shape instead:
 rows per chip (the fsdp shard of the model width: So400m's 1152 is 18 rows
-per chip over 64, 9 over 128, 36 over 32, 72 over 16) by columns (1152 and 4304 are So400m's width and MLP width), in float32
-and bfloat16. It prints which of the two the compiler chose for each.
+per chip over 64, 9 over 128, 36 over 32, 72 over 16) by columns (1152 and
+4304 are So400m's width and MLP width), in float32 and bfloat16. It prints
+which of the two the compiler chose for each.
 """
 
 import argparse
@@ -68,7 +69,7 @@ def programs(devices, k: int, rows: int = ROWS, cols: int = COLS, dtype: str = "
 def by_shape(names, k: int = 64, rows=(9, 16, 18, 24, 36, 72), cols=(1024, 1152, 4096, 4304)):
   """The --shapes table: reduce-scatter (RS) or whole all-reduce (AR) of one
   fsdp weight gradient, by rows per chip and columns, over k chips."""
-  print(f"| slice | dtype | rows per chip | " + " | ".join(f"{c} columns" for c in cols) + " |")
+  print("| slice | dtype | rows per chip | " + " | ".join(f"{c} columns" for c in cols) + " |")
   print("|---|---|---|" + "---|" * len(cols))
   for name in names:
     devices = topology.devices(topology.parse(name))

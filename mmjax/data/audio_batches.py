@@ -32,7 +32,6 @@ import numpy as np
 
 from mmjax.data import audio_io
 from mmjax.data import audio_text
-from mmjax.data import image_text
 from mmjax.data import prepared_batch
 from mmjax.data.tokenizer import Tokenizer
 
@@ -75,16 +74,20 @@ def settings(data_cfg, marker: dict | None = None) -> Settings:
 
 
 def planned_marker(data_cfg) -> dict:
-  """The dataset's marker for what only its layout needs (batch_spec,
-  test_fields). A dataset not prepared here whose config gives the rate its
-  clips are stored at (config.data.sample_rate: a plan for a machine that has
-  the data) is described by {"sample_rate": that rate}; otherwise the dataset
-  is read, and a missing one raises naming its prepare command. Training
-  checks the dataset itself (pipeline.check_data_config)."""
-  path = image_text.dataset_dir(data_cfg.data_dir, data_cfg.name)
-  if data_cfg.get("sample_rate") and image_text.read_marker(path) is None:
-    return {"sample_rate": data_cfg.sample_rate}
-  return audio_text.check_dataset(data_cfg.data_dir, data_cfg.name)
+  """The dataset's marker, for what only its layout needs (batch_spec,
+  test_fields). Where nothing is prepared under config.data.data_dir but the
+  config gives the rate its clips are stored at (config.data.sample_rate: a
+  plan for a machine that has the data), {"sample_rate": that rate} stands in
+  for it. Otherwise the dataset is read: a missing one raises naming its
+  prepare command, an incomplete one or another format version says to
+  rebuild it. Training checks the dataset itself (pipeline.check_data_config).
+  """
+  try:
+    return audio_text.check_dataset(data_cfg.data_dir, data_cfg.name)
+  except FileNotFoundError:
+    if data_cfg.get("sample_rate"):
+      return {"sample_rate": data_cfg.sample_rate}
+    raise
 
 
 def batch_spec(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

@@ -84,12 +84,15 @@ def modality(data_cfg) -> str:
   """What the dataset's items are: "audio" for a prepared audio dataset, else
   "image" (shapes, image-text datasets). A dataset not prepared here (which
   check_data_config reports; a plan for another machine reads none) is
-  "audio" when its name is an audio source format (audiocaps, clotho, esc50)."""
+  "audio" when its name is an audio source format (audiocaps, clotho, esc50)
+  or the config gives its clips' rate (config.data.sample_rate), as
+  audio_batches.planned_marker reads it."""
   if data_cfg.name == "shapes" or not data_cfg.get("data_dir"):
     return "image"
   marker = image_text.read_marker(image_text.dataset_dir(data_cfg.data_dir, data_cfg.name))
   if marker is None:
-    return "audio" if data_cfg.name in audio_text.FORMATS else "image"
+    audio = data_cfg.name in audio_text.FORMATS or data_cfg.get("sample_rate")
+    return "audio" if audio else "image"
   return "audio" if audio_text.is_audio(marker) else "image"
 
 

@@ -110,9 +110,18 @@ def test_an_audio_plan_needs_no_data_and_training_still_asks_for_it(tmp_path):
   # A run (which reads the data) is refused with the prepare command.
   with pytest.raises(FileNotFoundError, match="mmjax.data.prepare audiocaps"):
     pipeline.check_data_config(config.data)
+  # Any name prepared from an audio format: the rate says the items are clips.
+  config.data.name = "my_clips"
+  assert pipeline.modality(config.data) == "audio"
+  assert pipeline.batch_spec(config)["audio"] == spec["audio"]
   # Without the rate nothing says what the clips are: the dataset is read.
-  config.data.sample_rate = None
+  config.data.name, config.data.sample_rate = "audiocaps", None
   with pytest.raises(FileNotFoundError, match="mmjax.data.prepare audiocaps"):
+    pipeline.batch_spec(config)
+  # A directory that is there but incomplete is named, not stood in for.
+  config.data.sample_rate = 16000
+  os.makedirs(tmp_path / "audiocaps")
+  with pytest.raises(ValueError, match="not a complete mmjax dataset"):
     pipeline.batch_spec(config)
 
 
